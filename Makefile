@@ -1,0 +1,70 @@
+# make demo   set everything up, then run the bundled plugins
+# make test   set everything up, then run the whole test suite
+# make lint   ruff, mypy and clang-format checks
+# make bench  call latency and spawn time (benchmarks/)
+
+# Workers run as an unprivileged uid that must read the interpreter, so the
+# venv is built from a system interpreter outside /root when there is one.
+SYSTEM_PYTHON := $(firstword $(wildcard /usr/bin/python3) python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+VENDOR := examples/plugins/markdown-render/vendor
+STAMP := $(VENV)/.installed
+IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
+
+.PHONY: demo test lint bench setup clean check-readable native
+
+demo: setup
+	$(VENV)/bin/sandbox verify
+	$(VENV)/bin/sandbox demo
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks examples build_ffi.py
+	$(VENV)/bin/ruff format --check src tests benchmarks build_ffi.py
+	$(VENV)/bin/mypy
+	$(VENV)/bin/clang-format --dry-run --Werror csrc/*.c csrc/*.h
+
+bench: setup
+	$(PY) benchmarks/call_latency.py
+
+setup: $(STAMP) $(VENDOR)/.installed check-readable
+
+# The libcap headers let pip build python-prctl, the optional extra that
+# the tests cover too. Only root can install them; others go without.
+$(STAMP): pyproject.toml setup.py build_ffi.py csrc/launcher.c csrc/launcher.h
+	test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PIP) install setuptools wheel "cffi>=1.16"
+	if [ -n "$(IS_ROOT)" ] && ! [ -e /usr/include/sys/capability.h ]; then \
+	    (apt-get update -qq && apt-get install -y -qq libcap-dev) \
+	        >/dev/null 2>&1 || echo "note: libcap-dev not installed"; \
+	fi
+	$(PIP) install --no-build-isolation -e ".[test,dev]"
+	if [ -e /usr/include/sys/capability.h ]; then \
+	    $(PIP) install -e ".[prctl]" --no-build-isolation; fi
+	touch $@
+
+$(VENDOR)/.installed: $(STAMP)
+	$(PIP) install --target $(VENDOR) --no-deps markdown
+	touch $@
+
+native: $(STAMP)
+	$(PIP) install --no-build-isolation --no-deps -e .
+
+# A root host drops workers to nobody, who must be able to reach the
+# checkout and the venv; a checkout under /root (mode 700) fails here.
+check-readable:
+	@if [ -n "$(IS_ROOT)" ] && id nobody >/dev/null 2>&1 && \
+	    ! runuser -u nobody -- test -r $(CURDIR)/src/sandbox/worker.py; then \
+	    echo "error: $(CURDIR) is not readable by user nobody, which"; \
+	    echo "the workers run as. Clone the repository outside /root"; \
+	    echo "(for example under /opt or /srv) and run make again."; \
+	    exit 1; \
+	fi
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info $(VENDOR) \
+	    src/sandbox/_native*.so src/sandbox/_native.c

@@ -1,0 +1,51 @@
+"""cffi builder for the launcher in csrc/, compiled as sandbox._native.
+
+Environment switches, read once here:
+  SANDBOX_CFLAGS  extra compiler flags, split on white space (e.g. "-O0 -g").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from cffi import FFI
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+HEADERS = ("launcher.h",)
+SOURCES = ("launcher.c",)
+
+
+def cdef_from_header(text: str) -> str:
+    """Strip comments and preprocessor lines, which cffi's parser rejects.
+
+    The header is the one declaration of the C interface, so the cdef
+    cannot drift from what the compiler sees.
+    """
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.DOTALL)
+    lines = [
+        line for line in text.splitlines() if not line.startswith("#")
+    ]
+    return "\n".join(lines)
+
+
+def make_builder() -> FFI:
+    builder = FFI()
+    for header in HEADERS:
+        builder.cdef(cdef_from_header((CSRC / header).read_text()))
+    extra = os.environ.get("SANDBOX_CFLAGS", "").split()
+    builder.set_source(
+        "sandbox._native",
+        "".join(f'#include "{header}"\n' for header in HEADERS),
+        sources=[f"csrc/{source}" for source in SOURCES],
+        include_dirs=["csrc"],
+        extra_compile_args=["-std=gnu11", "-Wall", "-Wextra", *extra],
+    )
+    return builder
+
+
+ffibuilder = make_builder()
+
+if __name__ == "__main__":
+    ffibuilder.compile(tmpdir="build", verbose=True)

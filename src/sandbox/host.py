@@ -1,0 +1,288 @@
+"""PluginHost: a pool of sandboxed workers, one per plugin.
+
+At most ``max_workers`` workers are alive; starting one more stops the
+least recently used. Calls to one worker are serialised by its lock, and
+calls to different plugins run in parallel. Workers are spawned from one
+long-lived thread because the kernel's parent-death signal fires when the
+spawning *thread* exits, not only the process.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from . import launcher
+from .audit import AuditEvent, AuditLog
+from .errors import (
+    CapabilityDenied,
+    PluginNotFound,
+    PolicyError,
+    SandboxError,
+)
+from .launcher import SpawnedProcess, SpawnRequest
+from .manifest import PluginManifest, discover_plugins
+from .policy import Policy, PolicySet, Resources
+from .process import WorkerProcess
+from .runtime import (
+    check_runtime_readable,
+    resolve_identity,
+    resolve_interpreter,
+    worker_runtime,
+)
+from .spawnplan import WorkerConfig
+
+CapabilityHandler = Callable[[str, dict[str, Any]], Any]
+NOTIFY_LEVELS = ("debug", "info", "warning", "error")
+MAX_NOTIFICATION_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One ``notify`` capability call, as the host received it."""
+
+    plugin: str
+    message: str
+    level: str
+
+
+class PluginHost:
+    """Runs plugins from ``plugin_dirs`` in sandboxed worker processes."""
+
+    def __init__(
+        self,
+        plugin_dirs: Iterable[str | os.PathLike[str]],
+        policies: PolicySet | None = None,
+        *,
+        max_workers: int = 4,
+        worker_timeout: float = 30.0,
+        resources: Resources | None = None,
+        python: str | None = None,
+        scratch_root: str | None = None,
+    ) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+        if not worker_timeout > 0:
+            raise ValueError(f"worker_timeout must be positive, got {worker_timeout}")
+        self.policies = policies if policies is not None else PolicySet.empty()
+        self.plugins: dict[str, PluginManifest] = discover_plugins(plugin_dirs)
+        self.max_workers = max_workers
+        self.worker_timeout = worker_timeout
+        # Precedence: built-in defaults, then worker_timeout, then the
+        # host's resources, then the policy file's defaults and plugin table.
+        self._host_defaults = (resources or Resources()).merged_over(
+            Resources(timeout=worker_timeout)
+        )
+        self.interpreter = resolve_interpreter(python)
+        self.scratch_root = scratch_root or os.path.join(
+            "/tmp", f"sandbox-scratch-{os.getuid()}"
+        )
+        self.audit = AuditLog()
+        self.notifications: deque[Notification] = deque(maxlen=1000)
+        self._handlers: dict[str, CapabilityHandler] = {
+            "notify": self._notify,
+            "read_env": self._read_env,
+        }
+        self._workers: OrderedDict[str, WorkerProcess] = OrderedDict()
+        self._call_locks: dict[str, threading.Lock] = {}
+        self._pool_lock = threading.Lock()
+        self._spawner = ThreadPoolExecutor(1, "sandbox-spawner")
+        self._closed = False
+
+    # -- public API ----------------------------------------------------------
+
+    def execute_plugin(
+        self,
+        plugin: str,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Call ``method`` of ``plugin`` with ``params`` as keyword arguments.
+
+        Raises a SandboxError subclass for every failure: PluginNotFound,
+        PluginError, PluginCrashed, PluginTimeout, ResourceLimitExceeded,
+        CapabilityDenied, ProtocolError, PolicyError or LaunchError.
+        """
+        manifest = self._manifest(plugin)
+        if method not in manifest.methods:
+            raise PluginNotFound(
+                f"plugin {plugin!r} exports no method {method!r}; it "
+                f"exports {', '.join(manifest.methods)}"
+            )
+        arguments = dict(params) if params is not None else {}
+        seconds = self._call_timeout(plugin, timeout)
+        with self._call_lock(plugin):
+            worker = self._worker(manifest)
+            return worker.call(method, arguments, seconds)
+
+    def worker_status(self, plugin: str) -> dict[str, Any]:
+        """Return the worker's report of its own credentials and state."""
+        manifest = self._manifest(plugin)
+        with self._call_lock(plugin):
+            return dict(self._worker(manifest).status)
+
+    def register_capability(self, name: str, handler: CapabilityHandler) -> None:
+        """Serve capability ``name`` with ``handler(plugin, params)``.
+
+        The handler runs only for plugins whose policy grants ``name``;
+        raising CapabilityDenied refuses one call.
+        """
+        self._handlers[name] = handler
+
+    def subscribe(self, callback: Callable[[AuditEvent], None]) -> Callable[[], None]:
+        """Receive every audit event; returns a function that unsubscribes."""
+        return self.audit.subscribe(callback)
+
+    def close(self) -> None:
+        """Stop every worker; safe to call more than once."""
+        with self._pool_lock:
+            self._closed = True
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for worker in workers:
+            worker.stop()
+        self._spawner.shutdown(wait=True)
+
+    def __enter__(self) -> PluginHost:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- workers -------------------------------------------------------------
+
+    def _manifest(self, plugin: str) -> PluginManifest:
+        manifest = self.plugins.get(plugin)
+        if manifest is None:
+            known = ", ".join(sorted(self.plugins)) or "none"
+            raise PluginNotFound(
+                f"no plugin named {plugin!r}; known plugins: {known}"
+            )
+        return manifest
+
+    def _call_lock(self, plugin: str) -> threading.Lock:
+        with self._pool_lock:
+            return self._call_locks.setdefault(plugin, threading.Lock())
+
+    def _worker(self, manifest: PluginManifest) -> WorkerProcess:
+        """Return a live worker for ``manifest``, starting one if needed.
+
+        Called with the plugin's call lock held.
+        """
+        with self._pool_lock:
+            if self._closed:
+                raise SandboxError("the PluginHost is closed")
+            worker = self._workers.get(manifest.name)
+            if worker is not None and worker.alive:
+                self._workers.move_to_end(manifest.name)
+                return worker
+            self._workers.pop(manifest.name, None)
+            evicted = self._evict_beyond(self.max_workers - 1)
+        for old in evicted:
+            old.stop()
+        worker = WorkerProcess(
+            self._config(manifest),
+            self._granted(manifest),
+            self._broker,
+            self.audit,
+        )
+        worker.start(self._spawn)
+        with self._pool_lock:
+            self._workers[manifest.name] = worker
+            evicted = self._evict_beyond(self.max_workers)
+        for old in evicted:
+            old.stop()
+        return worker
+
+    def _evict_beyond(self, keep: int) -> list[WorkerProcess]:
+        evicted = []
+        while len(self._workers) > keep:
+            _, worker = self._workers.popitem(last=False)
+            evicted.append(worker)
+        return evicted
+
+    def _spawn(self, request: SpawnRequest) -> SpawnedProcess:
+        return self._spawner.submit(launcher.spawn, request).result()
+
+    def _config(self, manifest: PluginManifest) -> WorkerConfig:
+        policy = self.policies.for_plugin(manifest.name)
+        identity = resolve_identity(policy.user, as_root=os.geteuid() == 0)
+        runtime = worker_runtime(self.interpreter)
+        check_runtime_readable(
+            runtime, [manifest.folder, *manifest.python_path], identity
+        )
+        return WorkerConfig(
+            manifest=manifest,
+            policy=policy,
+            resources=self._resources(manifest.name),
+            identity=identity,
+            runtime=runtime,
+            scratch_root=self.scratch_root,
+        )
+
+    def _granted(self, manifest: PluginManifest) -> frozenset[str]:
+        policy = self.policies.for_plugin(manifest.name)
+        return frozenset(policy.capabilities & manifest.capabilities)
+
+    def _call_timeout(self, plugin: str, timeout: float | None) -> float:
+        if timeout is not None:
+            if not timeout > 0:
+                raise ValueError(f"timeout must be positive, got {timeout}")
+            return timeout
+        seconds = self._resources(plugin).timeout
+        assert seconds is not None
+        return seconds
+
+    def _resources(self, plugin: str) -> Resources:
+        return self.policies.effective_resources(plugin, self._host_defaults)
+
+    # -- capabilities --------------------------------------------------------
+
+    def _broker(self, plugin: str, capability: str, params: dict[str, Any]) -> Any:
+        manifest = self._manifest(plugin)
+        if capability not in self._granted(manifest):
+            self.audit.emit("capability_denied", plugin, capability=capability)
+            raise CapabilityDenied(
+                f"capability {capability!r} is not granted to plugin {plugin!r}"
+            )
+        handler = self._handlers.get(capability)
+        if handler is None:
+            self.audit.emit("capability_denied", plugin, capability=capability)
+            raise CapabilityDenied(
+                f"capability {capability!r} has no handler in this host"
+            )
+        result = handler(plugin, params)
+        self.audit.emit("capability_granted", plugin, capability=capability)
+        return result
+
+    def _notify(self, plugin: str, params: dict[str, Any]) -> None:
+        message = params.get("message")
+        level = params.get("level", "info")
+        if not isinstance(message, str) or len(message) > MAX_NOTIFICATION_CHARS:
+            raise CapabilityDenied(
+                "notify needs a message string of at most "
+                f"{MAX_NOTIFICATION_CHARS} characters"
+            )
+        if level not in NOTIFY_LEVELS:
+            raise CapabilityDenied(
+                f"notify level must be one of {', '.join(NOTIFY_LEVELS)}"
+            )
+        self.notifications.append(Notification(plugin, message, level))
+
+    def _read_env(self, plugin: str, params: dict[str, Any]) -> str | None:
+        name = params.get("name")
+        allowed = self.policies.for_plugin(plugin).env
+        if not isinstance(name, str) or name not in allowed:
+            self.audit.emit("capability_denied", plugin, capability="read_env")
+            raise CapabilityDenied(
+                f"variable {str(name)[:64]!r} is not in the env allowlist of "
+                f"plugin {plugin!r}"
+            )
+        return os.environ.get(name)

@@ -1,0 +1,297 @@
+"""One worker process seen from the host: start, call, stop, diagnose.
+
+Calls are serialised by the caller (PluginHost holds a lock per worker).
+Every way a worker can fail during a call ends in one typed error.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import channel as rpc
+from .audit import AuditLog
+from .errors import (
+    CapabilityDenied,
+    PluginCrashed,
+    PluginError,
+    PluginNotFound,
+    PluginTimeout,
+    PolicyViolation,
+    ProtocolError,
+    ResourceLimitExceeded,
+    SandboxError,
+)
+from .launcher import SpawnedProcess, SpawnRequest
+from .spawnplan import WorkerConfig, WorkerPlan, bootstrap_bytes, plan_worker
+
+Spawner = Callable[[SpawnRequest], SpawnedProcess]
+CapabilityHandler = Callable[[str, dict[str, Any]], Any]
+
+STARTUP_TIMEOUT = 30.0
+STOP_GRACE = 1.0
+LOG_TAIL_BYTES = 4096
+
+
+class WorkerProcess:
+    """A started worker and its channel; a dead one stays dead."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        granted: frozenset[str],
+        broker: Callable[[str, str, dict[str, Any]], Any],
+        audit: AuditLog,
+    ) -> None:
+        self.config = config
+        self.name = config.manifest.name
+        self.granted = granted
+        self._broker = broker
+        self._audit = audit
+        self._plan: WorkerPlan | None = None
+        self._process: SpawnedProcess | None = None
+        self._channel: rpc.Channel | None = None
+        self.status: dict[str, Any] = {}
+        self.alive = False
+        self._last_pid = -1
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self, spawner: Spawner) -> None:
+        """Spawn the worker and wait until it has loaded its plugin."""
+        self._plan = plan = plan_worker(self.config)
+        try:
+            self._process = spawner(plan.request)
+        except BaseException:
+            plan.close_child_side()
+            self._release()
+            raise
+        plan.close_child_side()
+        self.alive = True
+        self._send_bootstrap(plan)
+        self._channel = self._open_channel(plan)
+        try:
+            self.status = self.call("sandbox.hello", {}, STARTUP_TIMEOUT)
+        except BaseException:
+            self.stop()
+            raise
+        self._audit.emit(
+            "worker_started",
+            self.name,
+            pid=self.pid,
+            uid=self.status.get("uid"),
+            landlock_abi=getattr(plan.landlock_report, "abi", 0),
+        )
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid if self._process else -1
+
+    def _send_bootstrap(self, plan: WorkerPlan) -> None:
+        try:
+            os.write(plan.bootstrap_write, bootstrap_bytes(self.config, self.granted))
+        finally:
+            os.close(plan.bootstrap_write)
+
+    def _open_channel(self, plan: WorkerPlan) -> rpc.Channel:
+        assert self._process is not None
+        limit = self.config.policy.max_message_bytes
+        wake = [self._process.pidfd] if self._process.pidfd is not None else []
+        transport = rpc.StreamTransport(
+            plan.host_socket,
+            plan.host_socket,
+            max_message_bytes=limit,
+            wake_fds=wake,
+        )
+        return rpc.Channel(transport, max_message_bytes=limit)
+
+    def stop(self) -> None:
+        """Ask the worker to exit, kill it if it does not, and clean up."""
+        if self.alive and self._channel is not None:
+            try:
+                self._channel.send_request("sandbox.shutdown", {})
+                self._wait_exit(STOP_GRACE)
+            except (SandboxError, rpc.PeerGone, OSError):
+                pass
+        if self._process is not None:
+            self._kill_and_reap()
+            self._audit.emit("worker_stopped", self.name, pid=self.pid)
+        self._release()
+
+    def _wait_exit(self, seconds: float) -> None:
+        import select
+
+        assert self._process is not None
+        if self._process.pidfd is None:
+            time.sleep(0)
+            return
+        poller = select.poll()
+        poller.register(self._process.pidfd, select.POLLIN)
+        poller.poll(seconds * 1000)
+
+    def _kill_and_reap(self) -> tuple[int, Any]:
+        assert self._process is not None
+        process = self._process
+        # The worker leads its own session and process group; killing the
+        # group takes its children too (not those that left the group).
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _, status, usage = os.wait4(process.pid, 0)
+        self.alive = False
+        if process.pidfd is not None:
+            os.close(process.pidfd)
+            process.pidfd = None
+        self._process = None
+        self._last_pid = process.pid
+        return status, usage
+
+    def _release(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        plan, self._plan = self._plan, None
+        if plan is not None:
+            os.close(plan.log_fd)
+            shutil.rmtree(plan.scratch, ignore_errors=True)
+        self.alive = False
+
+    # -- calls -------------------------------------------------------------
+
+    def call(self, method: str, params: Any, timeout: float) -> Any:
+        """Run one call; raise a typed error for every kind of failure."""
+        assert self._channel is not None
+        deadline = time.monotonic() + timeout
+        try:
+            call_id = self._channel.send_request(method, params)
+            return self._await_reply(call_id, deadline)
+        except TimeoutError:
+            self._fail()
+            self._audit.emit("timeout_kill", self.name, seconds=timeout)
+            raise PluginTimeout(self.name, timeout) from None
+        except rpc.PeerGone:
+            raise self._death_error() from None
+        except ProtocolError as error:
+            self._fail()
+            self._audit.emit("protocol_violation", self.name, reason=str(error))
+            raise
+
+    def _await_reply(self, call_id: int, deadline: float) -> Any:
+        assert self._channel is not None
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            message = self._channel.receive(remaining)
+            if rpc.is_request(message):
+                self._serve_capability(rpc.validate_request(message))
+                continue
+            reply = rpc.validate_response(message, call_id)
+            if reply.error is None:
+                return reply.result
+            raise self._reply_error(reply.error)
+
+    def _serve_capability(self, request: rpc.Request) -> None:
+        assert self._channel is not None
+        prefix = "capability."
+        if not request.method.startswith(prefix):
+            raise ProtocolError(
+                f"worker sent request {request.method[:64]!r}; only "
+                "capability.* requests are allowed"
+            )
+        capability = request.method[len(prefix):]
+        try:
+            result = self._broker(self.name, capability, request.params)
+        except CapabilityDenied as error:
+            self._channel.send_error(
+                request.id, rpc.CAPABILITY_DENIED, str(error)
+            )
+            return
+        except Exception as error:  # noqa: BLE001 - handler bugs reported
+            self._channel.send_error(
+                request.id, rpc.INTERNAL_ERROR, f"capability failed: {error}"
+            )
+            return
+        self._channel.send_result(request.id, result)
+
+    def _reply_error(self, error: dict[str, Any]) -> SandboxError:
+        code, message = error["code"], error["message"]
+        data = error.get("data") if isinstance(error.get("data"), dict) else {}
+        if code == rpc.CAPABILITY_DENIED:
+            return CapabilityDenied(message)
+        if code == rpc.RESOURCE_LIMIT:
+            limit = str(data.get("limit", "unknown"))
+            self._audit.emit("limit_hit", self.name, limit=limit)
+            return ResourceLimitExceeded(self.name, limit, message)
+        if code == rpc.METHOD_NOT_FOUND:
+            return PluginNotFound(f"plugin {self.name!r}: {message}")
+        return PluginError(
+            self.name,
+            str(data.get("type", "Error")),
+            message,
+            str(data.get("traceback", "")),
+        )
+
+    # -- death ---------------------------------------------------------------
+
+    def _fail(self) -> None:
+        if self._process is not None:
+            self._kill_and_reap()
+        self._release()
+
+    def _death_error(self) -> SandboxError:
+        """Reap a worker that died mid-call and say why it died."""
+        if self._process is None:
+            return PluginCrashed(self.name, detail="worker already stopped")
+        status, usage = self._kill_and_reap()
+        log = self._log_tail()
+        self._release()
+        error = classify_death(self.name, status, usage, self.config, log)
+        self._audit.emit(
+            "worker_crashed", self.name, reason=str(error), pid=self._last_pid
+        )
+        return error
+
+    def _log_tail(self) -> str:
+        if self._plan is None:
+            return ""
+        fd = self._plan.log_fd
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, LOG_TAIL_BYTES, max(0, size - LOG_TAIL_BYTES))
+        return data.decode(errors="replace")
+
+
+def classify_death(
+    name: str, status: int, usage: Any, config: WorkerConfig, log: str
+) -> SandboxError:
+    """Map a wait status to the error a caller should see."""
+    limits = config.resources
+    cpu_used = usage.ru_utime + usage.ru_stime
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig == signal.SIGSYS:
+            return PolicyViolation(
+                name, signal=sig, detail="a system call its filter forbids"
+            )
+        cpu_limit = limits.cpu_seconds or 0
+        if sig == signal.SIGXCPU or (
+            sig == signal.SIGKILL and cpu_used >= cpu_limit
+        ):
+            return ResourceLimitExceeded(
+                name, "cpu_seconds", f"used {cpu_used:.1f} s of CPU"
+            )
+        if sig == signal.SIGXFSZ:
+            return ResourceLimitExceeded(name, "file_size_mb")
+        return PluginCrashed(name, signal=sig, detail=_last_line(log))
+    code = os.WEXITSTATUS(status)
+    if "MemoryError" in log:
+        return ResourceLimitExceeded(name, "memory_mb", _last_line(log))
+    return PluginCrashed(name, exit_code=code, detail=_last_line(log))
+
+
+def _last_line(log: str) -> str:
+    lines = [line for line in log.strip().splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""

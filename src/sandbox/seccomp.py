@@ -1,0 +1,535 @@
+"""Seccomp-bpf programs for sandbox workers, built with libseccomp.
+
+The launcher installs the program with seccomp(SECCOMP_SET_MODE_FILTER) as
+its last step before execve, so the program allows execve and everything a
+CPython interpreter needs: it is a denylist over a default of ALLOW.  Denied
+calls fail with EPERM so that plugin code gets an ordinary OSError.  Calls
+from a foreign architecture (i386 ``int 0x80``) or through the x32 ABI kill
+the whole process with SIGSYS, because their numbers do not mean what the
+denylist assumes.
+
+Only the native architecture is filtered.  x86_64 and aarch64 are supported;
+both use the shared asm-generic numbers for every system call from 424 on,
+which the rules for newer system calls below depend on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import os
+import platform
+import struct
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final, cast
+
+from .errors import LaunchError
+
+try:
+    import pyseccomp
+except (ImportError, RuntimeError) as error:
+    # pyseccomp is a Linux-only dependency, and it raises RuntimeError when
+    # it finds no libseccomp.  Only build_filter() needs it.
+    _PYSECCOMP_ERROR: str | None = f"{type(error).__name__}: {error}"
+else:
+    _PYSECCOMP_ERROR = None
+
+__all__ = [
+    "FilterSpec",
+    "SeccompProgram",
+    "build_filter",
+    "describe_syscall",
+    "seccomp_available",
+]
+
+_STAGE: Final = "seccomp"
+
+# Denied outright.  Names that do not exist on the native architecture
+# (iopl and ioperm exist only on x86, for example) are skipped.
+_DENIED_SYSCALLS: Final = (
+    # Reading or changing other processes.
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pidfd_getfd",
+    # Kernel attack surface and kernel state.
+    "kexec_load",
+    "kexec_file_load",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "create_module",
+    "get_kernel_syms",
+    "query_module",
+    "lookup_dcookie",
+    "nfsservctl",
+    "uselib",
+    "iopl",
+    "ioperm",
+    "syslog",
+    "fanotify_init",
+    # Kernel keyrings, which are shared by all processes of one uid.
+    "keyctl",
+    "add_key",
+    "request_key",
+    # Mounts, namespaces and the root directory.
+    "mount",
+    "umount2",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+    "pivot_root",
+    "chroot",
+    "unshare",
+    "setns",
+    # File handles open inodes outside the process's view of the tree.
+    "open_by_handle_at",
+    "name_to_handle_at",
+    # Machine-wide state.
+    "swapon",
+    "swapoff",
+    "reboot",
+    "acct",
+    "quotactl",
+    "quotactl_fd",
+    "vhangup",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "sethostname",
+    "setdomainname",
+)
+
+# Mount-family system calls newer than the syscall table of libseccomp
+# 2.5.4, by number.  The numbers are the same on x86_64 and aarch64
+# (scripts/syscall.tbl and arch/x86/entry/syscalls/syscall_64.tbl in
+# Linux 6.18).
+_NEWER_DENIED_SYSCALLS: Final = {
+    457: "statmount",
+    458: "listmount",
+    467: "open_tree_attr",
+}
+
+# Names for describe_syscall() of the numbers past libseccomp 2.5.4's
+# table that Linux 6.18 implements (same source as above).
+_NEWER_SYSCALL_NAMES: Final = {
+    451: "cachestat",
+    452: "fchmodat2",
+    453: "map_shadow_stack",
+    454: "futex_wake",
+    455: "futex_wait",
+    456: "futex_requeue",
+    457: "statmount",
+    458: "listmount",
+    459: "lsm_get_self_attr",
+    460: "lsm_set_self_attr",
+    461: "lsm_list_modules",
+    462: "mseal",
+    463: "setxattrat",
+    464: "getxattrat",
+    465: "listxattrat",
+    466: "removexattrat",
+    467: "open_tree_attr",
+    468: "file_getattr",
+    469: "file_setattr",
+}
+
+# Every number from the first one past libseccomp 2.5.4's x86_64 table
+# (set_mempolicy_home_node is 450) up to this limit returns ENOSYS, so a
+# system call that a later kernel adds is rejected rather than allowed.
+# The range is fixed instead of read from the installed library so that
+# the program does not depend on the distribution's patches: Debian 12's
+# libseccomp 2.5.4-1+deb12u1 already names 451 to 456.  glibc falls back
+# when fchmodat2 returns ENOSYS and uses none of the others by default.
+# NOTE: a worker that turns on x86 user shadow stacks (opt-in glibc
+# tunable since glibc 2.39) needs map_shadow_stack (453) for new threads.
+_FIRST_UNREVIEWED_NR: Final = 451
+_LAST_UNREVIEWED_NR: Final = 1023
+
+_CLONE_NAMESPACE_FLAGS: Final = {
+    "CLONE_NEWTIME": 0x00000080,
+    "CLONE_NEWNS": 0x00020000,
+    "CLONE_NEWCGROUP": 0x02000000,
+    "CLONE_NEWUTS": 0x04000000,
+    "CLONE_NEWIPC": 0x08000000,
+    "CLONE_NEWUSER": 0x10000000,
+    "CLONE_NEWPID": 0x20000000,
+    "CLONE_NEWNET": 0x40000000,
+}
+
+# asm-generic/ioctls.h values, used by both x86_64 and aarch64.
+_TERMINAL_IOCTLS: Final = {"TIOCSTI": 0x5412, "TIOCLINUX": 0x541C}
+
+_AF_UNIX: Final = 1
+_UINT32_MASK: Final = 0xFFFFFFFF
+_X32_SYSCALL_BIT: Final = 0x40000000
+
+# struct sock_filter {u16 code; u8 jt; u8 jf; u32 k}; the kernel takes at
+# most BPF_MAXINSNS instructions per program.
+_SOCK_FILTER: Final = "=HBBI"
+_INSTRUCTION_SIZE: Final = struct.calcsize(_SOCK_FILTER)
+_BPF_MAXINSNS: Final = 4096
+# (code, k) of "ld [0]" (the number in struct seccomp_data) and of
+# "jge #0x40000000", from linux/bpf_common.h.
+_LOAD_NUMBER: Final = (0x20, 0)
+_JUMP_IF_X32: Final = (0x35, _X32_SYSCALL_BIT)
+
+# AUDIT_ARCH_* values from linux/audit.h, as libseccomp reports them.
+_ARCH_X86_64: Final = 0xC000003E
+_ARCH_AARCH64: Final = 0xC00000B7
+_SUPPORTED_ARCHES: Final = {_ARCH_X86_64: "x86_64", _ARCH_AARCH64: "aarch64"}
+
+# Seccomp constants from linux/prctl.h and linux/seccomp.h.
+_PR_GET_SECCOMP: Final = 21
+_PR_SET_SECCOMP: Final = 22
+_SECCOMP_MODE_FILTER: Final = 2
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """Options of a worker's seccomp program beyond the fixed denylist.
+
+    With ``network`` false, socket() and socketpair() are allowed only for
+    AF_UNIX.
+    """
+
+    network: bool = False
+
+
+@dataclass(frozen=True)
+class SeccompProgram:
+    """A classic-BPF seccomp program and what it rejects.
+
+    ``bpf`` is an array of struct sock_filter in native byte order.
+    ``denied`` lists the system calls that fail with EPERM; an entry with
+    an argument condition reads ``"name (condition)"``.  ``enosys`` lists
+    the system calls and numbers that fail with ENOSYS, a number without a
+    known name as ``"syscall N"``.
+    """
+
+    bpf: bytes
+    denied: tuple[str, ...]
+    enosys: tuple[str, ...]
+
+    @property
+    def instruction_count(self) -> int:
+        """Number of struct sock_filter instructions in ``bpf``."""
+        return len(self.bpf) // _INSTRUCTION_SIZE
+
+
+@functools.cache
+def build_filter(spec: FilterSpec) -> SeccompProgram:
+    """Build the seccomp program for ``spec``; the same object every time.
+
+    Raises LaunchError (stage ``seccomp``) when pyseccomp or libseccomp is
+    missing, the native architecture is not supported or libseccomp
+    rejects a rule.
+    """
+    _require_pyseccomp()
+    arch = _native_arch()
+    context = _new_filter()
+    denied = [
+        *_deny_syscalls(context, _DENIED_SYSCALLS),
+        *_deny_newer_syscalls(context),
+        *_deny_namespace_clone(context),
+        *_deny_terminal_ioctls(context),
+        *_deny_personality_change(context),
+    ]
+    if not spec.network:
+        denied += _deny_non_unix_sockets(context)
+    enosys = [
+        *_answer_enosys_to_clone3(context),
+        *_answer_enosys_to_unreviewed(context),
+    ]
+    bpf = _export(context)
+    _check_program(bpf, arch)
+    return SeccompProgram(bpf=bpf, denied=tuple(denied), enosys=tuple(enosys))
+
+
+def seccomp_available() -> bool:
+    """Return whether the kernel can install a seccomp filter here.
+
+    Installs nothing.  PR_GET_SECCOMP fails with EINVAL on a kernel built
+    without seccomp.  PR_SET_SECCOMP with a NULL program fails with EFAULT
+    when filter mode exists, before any permission check, and with EINVAL
+    when it does not.  build_filter() also needs libseccomp, which this
+    function does not check.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl = libc.prctl
+    prctl.restype = ctypes.c_int
+    unused = ctypes.c_ulong(0)
+    if prctl(_PR_GET_SECCOMP, unused, unused, unused, unused) < 0:
+        return False
+    mode = ctypes.c_ulong(_SECCOMP_MODE_FILTER)
+    null_program = ctypes.c_void_p(None)
+    result = prctl(_PR_SET_SECCOMP, mode, null_program, unused, unused)
+    return result < 0 and ctypes.get_errno() == errno.EFAULT
+
+
+def describe_syscall(number: int) -> str:
+    """Return the name of native system call ``number``, or "syscall N".
+
+    A number with the x32 bit set is named after its x86_64 twin with an
+    " (x32 ABI)" suffix.
+    """
+    if number < 0:
+        return f"syscall {number}"
+    if number & _X32_SYSCALL_BIT and platform.machine() == "x86_64":
+        base = describe_syscall(number & ~_X32_SYSCALL_BIT)
+        return f"{base} (x32 ABI)"
+    fallback = _NEWER_SYSCALL_NAMES.get(number, f"syscall {number}")
+    if _PYSECCOMP_ERROR is not None:
+        return fallback
+    try:
+        name = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, number)
+    except ValueError:
+        return fallback
+    return cast(bytes, name).decode("ascii")
+
+
+def _require_pyseccomp() -> None:
+    if _PYSECCOMP_ERROR is not None:
+        raise LaunchError(
+            _STAGE,
+            errno.ENOSYS,
+            f"cannot build a seccomp filter without pyseccomp and "
+            f"libseccomp ({_PYSECCOMP_ERROR}); install libseccomp2",
+        )
+
+
+def _native_arch() -> int:
+    arch = cast(int, pyseccomp.system_arch())
+    if arch not in _SUPPORTED_ARCHES:
+        supported = " and ".join(_SUPPORTED_ARCHES.values())
+        raise LaunchError(
+            _STAGE,
+            errno.ENOTSUP,
+            f"no seccomp rules for native architecture {arch:#x}; "
+            f"only {supported} are supported",
+        )
+    return arch
+
+
+def _new_filter() -> pyseccomp.SyscallFilter:
+    context = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+    # A foreign architecture's numbers mean other system calls, so the
+    # denylist does not apply to them.  libseccomp also applies this
+    # action to x86_64 numbers with the x32 bit set (_check_program
+    # verifies that the exported program does).
+    _set_attr(context, pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
+    # A binary search over the system call numbers instead of a linear
+    # list: with about 600 rules the linear list costs every allowed call
+    # hundreds of comparisons.
+    _set_attr(context, pyseccomp.Attr.CTL_OPTIMIZE, 2)
+    return context
+
+
+def _set_attr(context: pyseccomp.SyscallFilter, attr: int, value: int) -> None:
+    try:
+        context.set_attr(attr, value)
+    except OSError as err:
+        raise LaunchError(
+            _STAGE, err.errno or 0, f"libseccomp rejected attribute {attr}"
+        ) from err
+
+
+def _add_rule(
+    context: pyseccomp.SyscallFilter,
+    action: int,
+    number: int,
+    *conditions: pyseccomp.Arg,
+) -> None:
+    try:
+        context.add_rule(action, number, *conditions)
+    except OSError as err:
+        raise LaunchError(
+            _STAGE,
+            err.errno or 0,
+            f"libseccomp rejected a rule for {describe_syscall(number)}",
+        ) from err
+
+
+def _native_number(name: str) -> int | None:
+    # libseccomp returns -1 for an unknown name and a negative pseudo
+    # number for a name that exists only on other architectures.
+    number = cast(int, pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name))
+    return number if number >= 0 else None
+
+
+def _deny_syscalls(
+    context: pyseccomp.SyscallFilter, names: Iterable[str]
+) -> list[str]:
+    denied = []
+    for name in names:
+        number = _native_number(name)
+        if number is None:
+            continue
+        _add_rule(context, pyseccomp.ERRNO(errno.EPERM), number)
+        denied.append(name)
+    return denied
+
+
+def _deny_newer_syscalls(context: pyseccomp.SyscallFilter) -> list[str]:
+    for number in _NEWER_DENIED_SYSCALLS:
+        _add_rule(context, pyseccomp.ERRNO(errno.EPERM), number)
+    return list(_NEWER_DENIED_SYSCALLS.values())
+
+
+def _deny_namespace_clone(context: pyseccomp.SyscallFilter) -> list[str]:
+    # One rule per flag because the rules of one system call are ORed.
+    # clone() takes its flags in the first argument on x86_64 and aarch64.
+    # CLONE_NEWTIME shares its bit with the exit signal byte of clone(),
+    # where no valid signal sets it.
+    number = _require_native_number("clone")
+    for flag in _CLONE_NAMESPACE_FLAGS.values():
+        has_flag = pyseccomp.Arg(0, pyseccomp.MASKED_EQ, flag, flag)
+        _add_rule(context, pyseccomp.ERRNO(errno.EPERM), number, has_flag)
+    return ["clone (namespace flags)"]
+
+
+def _deny_terminal_ioctls(context: pyseccomp.SyscallFilter) -> list[str]:
+    # The kernel reads the request as a 32-bit unsigned int, so the upper
+    # half of the register must not take part in the comparison.
+    number = _require_native_number("ioctl")
+    denied = []
+    for name, request in _TERMINAL_IOCTLS.items():
+        is_request = pyseccomp.Arg(
+            1, pyseccomp.MASKED_EQ, _UINT32_MASK, request
+        )
+        _add_rule(context, pyseccomp.ERRNO(errno.EPERM), number, is_request)
+        denied.append(f"ioctl ({name})")
+    return denied
+
+
+def _deny_personality_change(context: pyseccomp.SyscallFilter) -> list[str]:
+    """Allow only personality(0) (PER_LINUX) and the 0xffffffff query.
+
+    libseccomp 2.5.4 rejects two comparisons of one argument in a rule, so
+    "neither 0 nor 0xffffffff" is written as an OR of single comparisons.
+    One rule matches a value with a bit above bit 31 set.  The others match
+    a value where bit i is set and bit (i + 1) mod 32 is clear, for each i.
+    Every 32-bit value other than all zeros and all ones has such a pair of
+    bits, and neither of those two values does.
+    """
+    number = _require_native_number("personality")
+    action = pyseccomp.ERRNO(errno.EPERM)
+    above_32_bits = pyseccomp.Arg(0, pyseccomp.GT, _UINT32_MASK)
+    _add_rule(context, action, number, above_32_bits)
+    for bit in range(32):
+        next_bit = (bit + 1) % 32
+        mask = (1 << bit) | (1 << next_bit)
+        set_then_clear = pyseccomp.Arg(0, pyseccomp.MASKED_EQ, mask, 1 << bit)
+        _add_rule(context, action, number, set_then_clear)
+    return ["personality (other than 0 and 0xffffffff)"]
+
+
+def _deny_non_unix_sockets(context: pyseccomp.SyscallFilter) -> list[str]:
+    # A 64-bit comparison: a domain with upper bits set is also rejected,
+    # although the kernel would read only the lower 32 bits.
+    denied = []
+    for name in ("socket", "socketpair"):
+        number = _require_native_number(name)
+        not_unix = pyseccomp.Arg(0, pyseccomp.NE, _AF_UNIX)
+        _add_rule(context, pyseccomp.ERRNO(errno.EPERM), number, not_unix)
+        denied.append(f"{name} (domain other than AF_UNIX)")
+    return denied
+
+
+def _answer_enosys_to_clone3(context: pyseccomp.SyscallFilter) -> list[str]:
+    # clone3 passes its flags in memory that BPF cannot read.  glibc falls
+    # back to clone(), whose flags the rules above check, on ENOSYS only.
+    number = _native_number("clone3")
+    if number is None:
+        return []
+    _add_rule(context, pyseccomp.ERRNO(errno.ENOSYS), number)
+    return ["clone3"]
+
+
+def _answer_enosys_to_unreviewed(
+    context: pyseccomp.SyscallFilter,
+) -> list[str]:
+    answered = []
+    for number in range(_FIRST_UNREVIEWED_NR, _LAST_UNREVIEWED_NR + 1):
+        if number in _NEWER_DENIED_SYSCALLS:
+            continue
+        _add_rule(context, pyseccomp.ERRNO(errno.ENOSYS), number)
+        answered.append(describe_syscall(number))
+    return answered
+
+
+def _require_native_number(name: str) -> int:
+    number = _native_number(name)
+    if number is None:
+        raise LaunchError(
+            _STAGE,
+            errno.ENOSYS,
+            f"libseccomp has no number for {name} on this architecture",
+        )
+    return number
+
+
+def _export(context: pyseccomp.SyscallFilter) -> bytes:
+    # A memfd rather than a pipe: libseccomp writes the whole program
+    # before we read, and a pipe would block once its buffer is full.
+    fd = os.memfd_create("sandbox-seccomp", os.MFD_CLOEXEC)
+    with open(fd, "w+b", buffering=0) as memfd:
+        try:
+            context.export_bpf(memfd)
+        except OSError as err:
+            raise LaunchError(
+                _STAGE, err.errno or 0, "libseccomp could not export"
+            ) from err
+        memfd.seek(0)
+        return memfd.read()
+
+
+def _check_program(bpf: bytes, arch: int) -> None:
+    count, remainder = divmod(len(bpf), _INSTRUCTION_SIZE)
+    if remainder or not count:
+        raise LaunchError(
+            _STAGE, errno.EINVAL, f"exported program has {len(bpf)} bytes"
+        )
+    if count > _BPF_MAXINSNS:
+        raise LaunchError(
+            _STAGE,
+            errno.E2BIG,
+            f"program has {count} instructions; "
+            f"the kernel accepts at most {_BPF_MAXINSNS}",
+        )
+    if arch == _ARCH_X86_64 and not _has_x32_check(bpf):
+        raise LaunchError(
+            _STAGE,
+            errno.EINVAL,
+            "libseccomp did not reject x32 system call numbers",
+        )
+
+
+def _has_x32_check(bpf: bytes) -> bool:
+    # libseccomp 2.5.4 loads the number and then jumps to the
+    # bad-architecture action when it is at least 0x40000000, unless it is
+    # -1 (a tracer's way to skip a call), whenever x86_64 is the filter's
+    # only x86 architecture.
+    previous = None
+    for code, _jt, _jf, value in struct.iter_unpack(_SOCK_FILTER, bpf):
+        current = (code, value)
+        if previous == _LOAD_NUMBER and current == _JUMP_IF_X32:
+            return True
+        previous = current
+    return False

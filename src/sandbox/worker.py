@@ -1,0 +1,194 @@
+"""The program the launcher execs inside the sandbox.
+
+By the time this runs, every kernel restriction of the plugin's policy is
+in force. The worker reads its bootstrap from descriptor 4, turns off
+dumpability (execve turned it back on), loads the plugin and serves calls
+on the channel at descriptor 3 until the host closes it.
+
+Imports here are the standard library and this package only, so the worker
+starts fast and needs nothing the sandbox uid cannot read.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from . import channel as rpc
+from . import plugin as plugin_api
+from . import procstate
+from .errors import CapabilityDenied, ProtocolError
+
+CHANNEL_FD = 3
+BOOTSTRAP_FD = 4
+BOOTSTRAP_LIMIT = 1 << 20
+
+# Exceptions a plugin raises when the kernel enforces one of its limits.
+_LIMIT_ERRNOS = {
+    errno.EMFILE: "file_descriptors",
+    errno.EFBIG: "file_size_mb",
+}
+
+
+def main() -> int:
+    """Run one worker: bootstrap, harden, load the plugin, serve."""
+    bootstrap = read_bootstrap(BOOTSTRAP_FD)
+    sys.path[:0] = [p for p in bootstrap["sys_path"] if p not in sys.path]
+    procstate.harden(bootstrap["plugin"]["name"])
+    channel = open_channel(bootstrap["max_message_bytes"])
+    server = Server(channel, bootstrap)
+    plugin_api.install_broker(server.call_host)
+    server.load_plugin()
+    return server.serve()
+
+
+def read_bootstrap(fd: int) -> dict[str, Any]:
+    data = b""
+    while len(data) <= BOOTSTRAP_LIMIT:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.close(fd)
+    bootstrap: dict[str, Any] = json.loads(data)
+    return bootstrap
+
+
+def open_channel(max_message_bytes: int) -> rpc.Channel:
+    transport = rpc.StreamTransport(
+        CHANNEL_FD, CHANNEL_FD, max_message_bytes=max_message_bytes
+    )
+    return rpc.Channel(transport, max_message_bytes=max_message_bytes)
+
+
+class Server:
+    """Serves the host's calls and forwards the plugin's capability calls."""
+
+    def __init__(self, channel: rpc.Channel, bootstrap: dict[str, Any]):
+        self.channel = channel
+        self.manifest: dict[str, Any] = bootstrap["plugin"]
+        self.granted = frozenset(bootstrap["capabilities"])
+        self.module: ModuleType | None = None
+        self.load_error: BaseException | None = None
+
+    def load_plugin(self) -> None:
+        """Import the entry module; a failure is reported on first call."""
+        folder = self.manifest["folder"]
+        sys.path[:0] = [folder, *self.manifest["python_path"]]
+        try:
+            self.module = importlib.import_module(self.manifest["entry"])
+        except BaseException as error:  # noqa: BLE001 - reported to host
+            self.load_error = error
+
+    def serve(self) -> int:
+        while True:
+            try:
+                message = self.channel.receive(None)
+                request = rpc.validate_request(message)
+            except rpc.PeerGone:
+                return 0
+            except ProtocolError as error:
+                self.channel.send_error(None, rpc.INVALID_REQUEST, str(error))
+                continue
+            if request.method == "sandbox.shutdown":
+                self.channel.send_result(request.id, None)
+                return 0
+            self.answer(request)
+
+    def answer(self, request: rpc.Request) -> None:
+        try:
+            result = self.dispatch(request.method, request.params)
+        except _Reply as reply:
+            self.channel.send_error(request.id, *reply.args)
+            return
+        except BaseException as error:  # noqa: BLE001 - reported to host
+            self.channel.send_error(request.id, *_describe(error))
+            return
+        try:
+            self.channel.send_result(request.id, result)
+        except ProtocolError as error:
+            self.channel.send_error(
+                request.id, rpc.PLUGIN_ERROR, str(error), _as_data(error)
+            )
+
+    def dispatch(self, method: str, params: Any) -> Any:
+        if method == "sandbox.hello":
+            if self.load_error is not None:
+                raise self.load_error
+            return procstate.report()
+        function = self.exported(method)
+        if not isinstance(params, dict):
+            raise _Reply(
+                rpc.INVALID_PARAMS, "params must be an object of arguments"
+            )
+        return function(**params)
+
+    def exported(self, method: str) -> Callable[..., Any]:
+        if self.load_error is not None:
+            raise self.load_error
+        if method not in self.manifest["methods"] or self.module is None:
+            raise _Reply(
+                rpc.METHOD_NOT_FOUND, f"method {method!r} is not exported"
+            )
+        function = getattr(self.module, method, None)
+        if not callable(function):
+            raise _Reply(
+                rpc.METHOD_NOT_FOUND,
+                f"method {method!r} is not a function of "
+                f"module {self.manifest['entry']!r}",
+            )
+        return function  # type: ignore[no-any-return]
+
+    def call_host(self, capability: str, params: dict[str, Any]) -> Any:
+        """Send one capability request to the host and wait for its reply."""
+        if capability not in self.granted:
+            raise CapabilityDenied(
+                f"capability {capability!r} is not granted to plugin "
+                f"{self.manifest['name']!r}"
+            )
+        request_id = self.channel.send_request(
+            f"capability.{capability}", params
+        )
+        reply = rpc.validate_response(self.channel.receive(None), request_id)
+        if reply.error is None:
+            return reply.result
+        if reply.error["code"] == rpc.CAPABILITY_DENIED:
+            raise CapabilityDenied(reply.error["message"])
+        raise RuntimeError(reply.error["message"])
+
+
+class _Reply(Exception):
+    """An error reply with a JSON-RPC code, raised inside dispatch."""
+
+
+def _describe(error: BaseException) -> tuple[int, str, dict[str, Any]]:
+    data = _as_data(error)
+    if isinstance(error, CapabilityDenied):
+        return rpc.CAPABILITY_DENIED, str(error), data
+    limit = _limit_hit(error)
+    if limit is not None:
+        data["limit"] = limit
+        return rpc.RESOURCE_LIMIT, str(error) or type(error).__name__, data
+    return rpc.PLUGIN_ERROR, str(error), data
+
+
+def _limit_hit(error: BaseException) -> str | None:
+    if isinstance(error, MemoryError):
+        return "memory_mb"
+    if isinstance(error, OSError) and error.errno is not None:
+        return _LIMIT_ERRNOS.get(error.errno)
+    return None
+
+
+def _as_data(error: BaseException) -> dict[str, Any]:
+    text = "".join(
+        traceback.format_exception(type(error), error, error.__traceback__)
+    )
+    return {"type": type(error).__name__, "traceback": text[-8000:]}
