@@ -3,7 +3,7 @@
     from sandbox import PluginHost, Policy, Resources
 
     policies = Policy.load("examples/policies.toml")
-    with PluginHost(plugin_dirs=["examples/plugins"], policies=policies) as host:
+    with PluginHost(["examples/plugins"], policies) as host:
         host.execute_plugin("notification", "send_alert", {"message": "hi"})
 
 Names are imported on first use, so the worker, which needs only a few

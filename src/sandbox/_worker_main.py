@@ -9,6 +9,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sandbox.worker import main  # noqa: E402 - needs the path above
+from sandbox.worker import main
 
 sys.exit(main())

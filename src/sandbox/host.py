@@ -22,12 +22,11 @@ from .audit import AuditEvent, AuditLog
 from .errors import (
     CapabilityDenied,
     PluginNotFound,
-    PolicyError,
     SandboxError,
 )
 from .launcher import SpawnedProcess, SpawnRequest
 from .manifest import PluginManifest, discover_plugins
-from .policy import Policy, PolicySet, Resources
+from .policy import PolicySet, Resources
 from .process import WorkerProcess
 from .runtime import (
     check_runtime_readable,
@@ -66,9 +65,13 @@ class PluginHost:
         scratch_root: str | None = None,
     ) -> None:
         if max_workers < 1:
-            raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+            raise ValueError(
+                f"max_workers must be at least 1, got {max_workers}"
+            )
         if not worker_timeout > 0:
-            raise ValueError(f"worker_timeout must be positive, got {worker_timeout}")
+            raise ValueError(
+                f"worker_timeout must be positive, got {worker_timeout}"
+            )
         self.policies = policies if policies is not None else PolicySet.empty()
         self.plugins: dict[str, PluginManifest] = discover_plugins(plugin_dirs)
         self.max_workers = max_workers
@@ -128,7 +131,9 @@ class PluginHost:
         with self._call_lock(plugin):
             return dict(self._worker(manifest).status)
 
-    def register_capability(self, name: str, handler: CapabilityHandler) -> None:
+    def register_capability(
+        self, name: str, handler: CapabilityHandler
+    ) -> None:
         """Serve capability ``name`` with ``handler(plugin, params)``.
 
         The handler runs only for plugins whose policy grants ``name``;
@@ -136,7 +141,9 @@ class PluginHost:
         """
         self._handlers[name] = handler
 
-    def subscribe(self, callback: Callable[[AuditEvent], None]) -> Callable[[], None]:
+    def subscribe(
+        self, callback: Callable[[AuditEvent], None]
+    ) -> Callable[[], None]:
         """Receive every audit event; returns a function that unsubscribes."""
         return self.audit.subscribe(callback)
 
@@ -245,12 +252,15 @@ class PluginHost:
 
     # -- capabilities --------------------------------------------------------
 
-    def _broker(self, plugin: str, capability: str, params: dict[str, Any]) -> Any:
+    def _broker(
+        self, plugin: str, capability: str, params: dict[str, Any]
+    ) -> Any:
         manifest = self._manifest(plugin)
         if capability not in self._granted(manifest):
             self.audit.emit("capability_denied", plugin, capability=capability)
             raise CapabilityDenied(
-                f"capability {capability!r} is not granted to plugin {plugin!r}"
+                f"capability {capability!r} is not granted to plugin "
+                f"{plugin!r}"
             )
         handler = self._handlers.get(capability)
         if handler is None:
@@ -265,7 +275,10 @@ class PluginHost:
     def _notify(self, plugin: str, params: dict[str, Any]) -> None:
         message = params.get("message")
         level = params.get("level", "info")
-        if not isinstance(message, str) or len(message) > MAX_NOTIFICATION_CHARS:
+        if (
+            not isinstance(message, str)
+            or len(message) > MAX_NOTIFICATION_CHARS
+        ):
             raise CapabilityDenied(
                 "notify needs a message string of at most "
                 f"{MAX_NOTIFICATION_CHARS} characters"

@@ -7,6 +7,7 @@ fork, so that the C side never allocates between fork and execve.
 from __future__ import annotations
 
 import enum
+import importlib
 import errno as errnos
 import os
 import resource
@@ -18,7 +19,7 @@ from typing import Any
 from .errors import LaunchError
 
 try:
-    from . import _native
+    _native = importlib.import_module("sandbox._native")
 except ImportError as error:  # pragma: no cover - depends on the build
     raise ImportError(
         "sandbox's C launcher (sandbox._native) is not built. Install the "
@@ -133,7 +134,7 @@ def _build_args(request: SpawnRequest, keep_alive: list[Any]) -> Any:
     )
     args.fd_count = len(targets)
     limits = hold(ffi.new("struct sandbox_rlimit[]", len(request.rlimits)))
-    for slot, (which, soft, hard) in zip(limits, request.rlimits):
+    for slot, (which, soft, hard) in zip(limits, request.rlimits, strict=True):
         slot.resource, slot.soft, slot.hard = which, soft, hard
     args.rlimits = limits
     args.rlimit_count = len(request.rlimits)

@@ -6,6 +6,7 @@ Every way a worker can fail during a call ends in one typed error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -93,7 +94,10 @@ class WorkerProcess:
 
     def _send_bootstrap(self, plan: WorkerPlan) -> None:
         try:
-            os.write(plan.bootstrap_write, bootstrap_bytes(self.config, self.granted))
+            os.write(
+                plan.bootstrap_write,
+                bootstrap_bytes(self.config, self.granted),
+            )
         finally:
             os.close(plan.bootstrap_write)
 
@@ -138,10 +142,8 @@ class WorkerProcess:
         process = self._process
         # The worker leads its own session and process group; killing the
         # group takes its children too (not those that left the group).
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         _, status, usage = os.wait4(process.pid, 0)
         self.alive = False
         if process.pidfd is not None:
@@ -178,7 +180,9 @@ class WorkerProcess:
             raise self._death_error() from None
         except ProtocolError as error:
             self._fail()
-            self._audit.emit("protocol_violation", self.name, reason=str(error))
+            self._audit.emit(
+                "protocol_violation", self.name, reason=str(error)
+            )
             raise
 
     def _await_reply(self, call_id: int, deadline: float) -> Any:
@@ -202,7 +206,12 @@ class WorkerProcess:
                 f"worker sent request {request.method[:64]!r}; only "
                 "capability.* requests are allowed"
             )
-        capability = request.method[len(prefix):]
+        capability = request.method[len(prefix) :]
+        if not isinstance(request.params, dict):
+            self._channel.send_error(
+                request.id, rpc.INVALID_PARAMS, "params must be an object"
+            )
+            return
         try:
             result = self._broker(self.name, capability, request.params)
         except CapabilityDenied as error:
@@ -210,7 +219,7 @@ class WorkerProcess:
                 request.id, rpc.CAPABILITY_DENIED, str(error)
             )
             return
-        except Exception as error:  # noqa: BLE001 - handler bugs reported
+        except Exception as error:  # a handler bug fails this call only
             self._channel.send_error(
                 request.id, rpc.INTERNAL_ERROR, f"capability failed: {error}"
             )
@@ -219,7 +228,9 @@ class WorkerProcess:
 
     def _reply_error(self, error: dict[str, Any]) -> SandboxError:
         code, message = error["code"], error["message"]
-        data = error.get("data") if isinstance(error.get("data"), dict) else {}
+        data = error.get("data")
+        if not isinstance(data, dict):
+            data = {}
         if code == rpc.CAPABILITY_DENIED:
             return CapabilityDenied(message)
         if code == rpc.RESOURCE_LIMIT:

@@ -6,11 +6,10 @@ falls back to calling prctl(2) through ctypes.
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import importlib
+import os
 from types import ModuleType
+from typing import Any
 
 PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4

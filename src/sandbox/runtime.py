@@ -60,7 +60,9 @@ def worker_runtime(interpreter: str) -> WorkerRuntime:
     stdlib = _stdlib_dirs(interpreter)
     read = _existing([interpreter, *libraries, *stdlib, *sys_path])
     read += _existing(_SYSTEM_FILES)
-    return WorkerRuntime(interpreter, tuple(sys_path), tuple(dict.fromkeys(read)))
+    return WorkerRuntime(
+        interpreter, tuple(sys_path), tuple(dict.fromkeys(read))
+    )
 
 
 def _package_paths() -> list[str]:
@@ -111,10 +113,18 @@ def _stdlib_dirs(interpreter: str) -> list[str]:
         )
         return [paths["stdlib"], paths["platstdlib"]]
     out = subprocess.run(
-        [interpreter, "-I", "-S", "-c",
-         "import sysconfig as s; p = s.get_paths(); "
-         "print(p['stdlib']); print(p['platstdlib'])"],
-        capture_output=True, text=True, timeout=30, check=True,
+        [
+            interpreter,
+            "-I",
+            "-S",
+            "-c",
+            "import sysconfig as s; p = s.get_paths(); "
+            "print(p['stdlib']); print(p['platstdlib'])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout
     return out.split()
 
@@ -123,7 +133,9 @@ def _existing(paths: Iterable[str]) -> list[str]:
     return [os.path.realpath(p) for p in paths if os.path.exists(p)]
 
 
-def resolve_identity(user: str | int | None, *, as_root: bool) -> Identity | None:
+def resolve_identity(
+    user: str | int | None, *, as_root: bool
+) -> Identity | None:
     """Return the identity workers switch to, or None to keep the host's.
 
     A root host never runs plugins as root: with no user named it uses

@@ -8,9 +8,9 @@ from a foreign architecture (i386 ``int 0x80``) or through the x32 ABI kill
 the whole process with SIGSYS, because their numbers do not mean what the
 denylist assumes.
 
-Only the native architecture is filtered.  x86_64 and aarch64 are supported;
-both use the shared asm-generic numbers for every system call from 424 on,
-which the rules for newer system calls below depend on.
+Only the native architecture is filtered, and only x86_64 and aarch64 are
+supported.  Both use the shared asm-generic numbers for every system call
+from 424 on, so the rules for newer system calls below apply to both.
 """
 
 from __future__ import annotations
@@ -309,8 +309,8 @@ def _require_pyseccomp() -> None:
         raise LaunchError(
             _STAGE,
             errno.ENOSYS,
-            f"cannot build a seccomp filter without pyseccomp and "
-            f"libseccomp ({_PYSECCOMP_ERROR}); install libseccomp2",
+            f"pyseccomp or libseccomp is missing: {_PYSECCOMP_ERROR}. "
+            "Install pyseccomp and the libseccomp2 system package",
         )
 
 
@@ -335,8 +335,11 @@ def _new_filter() -> pyseccomp.SyscallFilter:
     # verifies that the exported program does).
     _set_attr(context, pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
     # A binary search over the system call numbers instead of a linear
-    # list: with about 600 rules the linear list costs every allowed call
-    # hundreds of comparisons.
+    # list of about 600 comparisons.  Since Linux 5.11 the kernel skips the
+    # program for calls it allows whatever the arguments, but calls with
+    # argument rules (ioctl, socket, clone) still run it.  In a FIONREAD
+    # loop on a Linux 6.18 x86_64 VM, an ioctl took about 80 ns longer
+    # under the tree and about 160 ns longer under the list.
     _set_attr(context, pyseccomp.Attr.CTL_OPTIMIZE, 2)
     return context
 

@@ -119,7 +119,9 @@ def worker_argv(config: WorkerConfig) -> list[str]:
 
 def worker_environment(policy: Policy) -> dict[str, str]:
     """Return only the variables the policy lists and the host has."""
-    return {name: os.environ[name] for name in policy.env if name in os.environ}
+    return {
+        name: os.environ[name] for name in policy.env if name in os.environ
+    }
 
 
 def worker_rlimits(limits: Resources) -> list[tuple[int, int, int]]:
@@ -134,11 +136,17 @@ def worker_rlimits(limits: Resources) -> list[tuple[int, int, int]]:
         # The soft limit sends SIGXCPU; a plugin that catches it meets the
         # hard limit, and SIGKILL, one second later.
         (resource.RLIMIT_CPU, cpu, cpu + 1),
-        (resource.RLIMIT_NOFILE, limits.file_descriptors,
-         limits.file_descriptors),
+        (
+            resource.RLIMIT_NOFILE,
+            limits.file_descriptors,
+            limits.file_descriptors,
+        ),
         (resource.RLIMIT_NPROC, limits.processes, limits.processes),
-        (resource.RLIMIT_FSIZE, limits.file_size_mb * MIB,
-         limits.file_size_mb * MIB),
+        (
+            resource.RLIMIT_FSIZE,
+            limits.file_size_mb * MIB,
+            limits.file_size_mb * MIB,
+        ),
         (resource.RLIMIT_MEMLOCK, 0, 0),
         (resource.RLIMIT_CORE, 0, 0),
     ]
@@ -203,8 +211,5 @@ def _socketpair() -> tuple[int, int]:
 
 def _log_file() -> int:
     # Unlinked at once: the worker's stdout and stderr, read on a crash.
-    log = tempfile.TemporaryFile(prefix="sandbox-worker-log-")
-    fd = os.dup(log.fileno())
-    log.close()
-    os.set_inheritable(fd, False)
-    return fd
+    with tempfile.TemporaryFile(prefix="sandbox-worker-log-") as log:
+        return os.dup(log.fileno())

@@ -84,7 +84,7 @@ class Server:
         sys.path[:0] = [folder, *self.manifest["python_path"]]
         try:
             self.module = importlib.import_module(self.manifest["entry"])
-        except BaseException as error:  # noqa: BLE001 - reported to host
+        except Exception as error:  # reported to the host
             self.load_error = error
 
     def serve(self) -> int:
@@ -108,7 +108,7 @@ class Server:
         except _Reply as reply:
             self.channel.send_error(request.id, *reply.args)
             return
-        except BaseException as error:  # noqa: BLE001 - reported to host
+        except Exception as error:  # reported to the host
             self.channel.send_error(request.id, *_describe(error))
             return
         try:
