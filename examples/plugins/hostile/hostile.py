@@ -1,7 +1,8 @@
 """A plugin that attacks its own sandbox, one threat at a time.
 
-Each attempt returns what was tried, whether it worked and the error the
-kernel or the host gave. Nothing here is meant to succeed.
+Each attempt returns what was tried, whether it worked, the error the
+kernel or the host gave and the mechanism expected to stop it
+(``stopped_by``). Nothing here is meant to succeed.
 """
 
 import ctypes
@@ -28,10 +29,15 @@ def _attempt(function):
     except CapabilityDenied as error:
         return {"succeeded": False, "error": f"CapabilityDenied: {error}"}
     except OSError as error:
-        name = _errno_name(error.errno) if error.errno else type(error).__name__
+        name = (
+            _errno_name(error.errno) if error.errno else type(error).__name__
+        )
         return {"succeeded": False, "error": name}
-    except Exception as error:  # noqa: BLE001 - every outcome is reported
-        return {"succeeded": False, "error": f"{type(error).__name__}: {error}"}
+    except Exception as error:  # every outcome is reported
+        return {
+            "succeeded": False,
+            "error": f"{type(error).__name__}: {error}",
+        }
     return {"succeeded": True, "error": None, "detail": detail}
 
 
@@ -135,29 +141,85 @@ def fork_many():
     return len(children)
 
 
+# Names of the mechanisms that stop the threats, as THREATS claims them.
+# The host checks each claim against the error the attempt got.
+FILE_ACCESS = "file permissions + Landlock"
+LANDLOCK_FILES = "Landlock (filesystem allowlist)"
+SOCKET_FAMILIES = "seccomp (socket families)"
+NO_PRIVILEGE = "uid drop + no capabilities"
+PTRACE_DENIED = "seccomp (ptrace denied)"
+NAMESPACES_DENIED = "seccomp (namespaces denied)"
+SIGNAL_SCOPE = "uid drop + Landlock signal scope"
+BROKER = "capability broker"
+
+# threat: (function, kind, mechanism that stops it first). Where the
+# kernel checks file permissions before Landlock (a file the worker uid
+# cannot read), both are named. /dev/tty is readable by everyone, so
+# Landlock denies opening it before setsid or the seccomp ioctl rule can.
 THREATS = {
-    "read /etc/shadow": (read_host_secret_file, "filesystem"),
-    "list /root": (read_root_home, "filesystem"),
-    "write outside the allowlist": (write_outside_allowlist, "filesystem"),
-    "escape through a symlink": (escape_through_symlink, "filesystem"),
-    "TCP connect to 127.0.0.1": (connect_to_network, "network"),
-    "open an AF_INET socket": (open_inet_socket, "network"),
-    "setuid(0)": (regain_root, "privilege"),
-    "ptrace the host": (ptrace_the_host, "cross-process"),
-    "SIGTERM the host": (signal_the_host, "cross-process"),
-    "read the host's /proc environ": (read_host_memory, "cross-process"),
-    "TIOCSTI on /dev/tty": (inject_terminal_input, "terminal"),
-    "unshare a user namespace": (unshare_user_namespace, "privilege"),
-    "see the host environment": (read_host_environment, "exfiltration"),
-    "use an ungranted capability": (request_unknown_capability, "capability"),
-    "allocate past the memory limit": (allocate_memory, "resources"),
-    "fork 10000 processes": (fork_many, "resources"),
+    "read /etc/shadow": (read_host_secret_file, "filesystem", FILE_ACCESS),
+    "list /root": (read_root_home, "filesystem", FILE_ACCESS),
+    "write outside the allowlist": (
+        write_outside_allowlist,
+        "filesystem",
+        LANDLOCK_FILES,
+    ),
+    "escape through a symlink": (
+        escape_through_symlink,
+        "filesystem",
+        LANDLOCK_FILES,
+    ),
+    "TCP connect to 127.0.0.1": (
+        connect_to_network,
+        "network",
+        SOCKET_FAMILIES,
+    ),
+    "open an AF_INET socket": (open_inet_socket, "network", SOCKET_FAMILIES),
+    "setuid(0)": (regain_root, "privilege", NO_PRIVILEGE),
+    "ptrace the host": (ptrace_the_host, "cross-process", PTRACE_DENIED),
+    "SIGTERM the host": (signal_the_host, "cross-process", SIGNAL_SCOPE),
+    "read the host's /proc environ": (
+        read_host_memory,
+        "cross-process",
+        FILE_ACCESS,
+    ),
+    "TIOCSTI on /dev/tty": (
+        inject_terminal_input,
+        "terminal",
+        LANDLOCK_FILES,
+    ),
+    "unshare a user namespace": (
+        unshare_user_namespace,
+        "privilege",
+        NAMESPACES_DENIED,
+    ),
+    "see the host environment": (
+        read_host_environment,
+        "exfiltration",
+        BROKER,
+    ),
+    "use an ungranted capability": (
+        request_unknown_capability,
+        "capability",
+        BROKER,
+    ),
+    "allocate past the memory limit": (
+        allocate_memory,
+        "resources",
+        "RLIMIT_AS",
+    ),
+    "fork 10000 processes": (fork_many, "resources", "RLIMIT_NPROC"),
 }
 
 
 def attempt(threat: str) -> dict:
-    function, kind = THREATS[threat]
-    return {"threat": threat, "kind": kind, **_attempt(function)}
+    function, kind, stopped_by = THREATS[threat]
+    return {
+        "threat": threat,
+        "kind": kind,
+        "stopped_by": stopped_by,
+        **_attempt(function),
+    }
 
 
 def attempt_all() -> list:

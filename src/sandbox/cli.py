@@ -1,0 +1,688 @@
+"""The ``sandbox`` command: verify, call and demo.
+
+Each command is a thin function over the library, and the probing behind
+``verify`` lives in sandbox.verify. Output lines fit in 79 columns, and
+text that came from a plugin is escaped before it reaches the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import textwrap
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeAlias
+
+from . import __version__, verify
+from .errors import PluginError, SandboxError
+from .host import PluginHost
+from .policy import Policy, PolicySet
+from .runtime import resolve_identity
+
+WIDTH = 79
+DEFAULT_PLUGIN_DIR = os.path.join("examples", "plugins")
+DEFAULT_POLICY = os.path.join("examples", "policies.toml")
+NOTIFICATION_FOLDER = "/tmp/notifications"
+# Key of the needs of plugins without a table of their own.
+DEFAULTS = "[defaults]"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+Command = Callable[[argparse.Namespace], int]
+_Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+class UsageError(Exception):
+    """An invalid command-line argument, which makes the exit status 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default sys.argv[1:]).
+
+    Returns the exit status: 0 on success, 1 when the command failed and
+    2 for invalid arguments.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:
+        # argparse exits for --help, --version and its own usage errors.
+        return _exit_status(exit_request.code)
+    command: Command = args.command
+    try:
+        return command(args)
+    except UsageError as error:
+        _print_error(str(error))
+        return EXIT_USAGE
+    except SandboxError as error:
+        _print_error(str(error))
+        if isinstance(error, PluginError) and error.traceback:
+            traceback = _escape(
+                error.traceback, limit=8000, keep_newlines=True
+            )
+            print(traceback, file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:
+        # The reader of stdout went away (`sandbox demo | head`). Point
+        # stdout at /dev/null so that the flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
+    except OSError as error:
+        _print_error(str(error))
+        return EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of every command and option."""
+    parser = argparse.ArgumentParser(
+        prog="sandbox",
+        description="Run untrusted Python plugins in locked-down workers.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"sandbox {__version__}"
+    )
+    commands = parser.add_subparsers(
+        dest="command_name", required=True, metavar="COMMAND"
+    )
+    _add_verify_parser(commands)
+    _add_call_parser(commands)
+    _add_demo_parser(commands)
+    return parser
+
+
+def _add_verify_parser(commands: _Subparsers) -> None:
+    verify_parser = commands.add_parser(
+        "verify",
+        help="check which protections this machine enforces",
+        description="Start one probe worker and report each protection as "
+        "enforced (the worker showed it), available (the kernel offers "
+        "it, no worker showed it) or missing. Exits with 1 when a "
+        "protection that the policy needs is not in force.",
+    )
+    verify_parser.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="also report what each plugin of this policy file needs",
+    )
+    verify_parser.add_argument(
+        "--json", action="store_true", help="print one JSON document"
+    )
+    verify_parser.add_argument(
+        "--python",
+        metavar="PATH",
+        help="interpreter that workers run (default: this one)",
+    )
+    verify_parser.set_defaults(command=verify_command)
+
+
+def _add_call_parser(commands: _Subparsers) -> None:
+    call_parser = commands.add_parser(
+        "call",
+        help="call one plugin method and print the result as JSON",
+        description="Start the plugin's worker, call METHOD with the JSON "
+        "object as keyword arguments and print the result as JSON.",
+    )
+    call_parser.add_argument("plugin", metavar="PLUGIN")
+    call_parser.add_argument("method", metavar="METHOD")
+    call_parser.add_argument(
+        "params",
+        metavar="JSON",
+        nargs="?",
+        default="{}",
+        help="keyword arguments as a JSON object (default: {})",
+    )
+    _add_plugin_options(call_parser)
+    call_parser.add_argument(
+        "--timeout",
+        metavar="S",
+        type=_positive_seconds,
+        help="wall-clock limit of the call in seconds (default: the "
+        "policy's timeout)",
+    )
+    call_parser.set_defaults(command=call_command)
+
+
+def _add_demo_parser(commands: _Subparsers) -> None:
+    demo_parser = commands.add_parser(
+        "demo",
+        help="run the bundled example plugins and explain what happens",
+        description="Run the example plugins, including one that attacks "
+        "its own sandbox. Exits with 1 when an attack succeeds, when an "
+        "attack is stopped by another mechanism than the one it names, or "
+        "when a plugin call fails.",
+    )
+    _add_plugin_options(demo_parser)
+    demo_parser.set_defaults(command=demo_command)
+
+
+def _add_plugin_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--plugins",
+        metavar="DIR",
+        action="append",
+        help=f"plugin folder, repeatable (default: {DEFAULT_PLUGIN_DIR} "
+        "if it exists)",
+    )
+    parser.add_argument(
+        "--policy",
+        metavar="FILE",
+        help=f"policy file (default: {DEFAULT_POLICY} if it exists, "
+        "else every plugin gets the default-deny policy)",
+    )
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds, got {text!r}"
+        ) from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"expected seconds greater than 0, got {text}"
+        )
+    return seconds
+
+
+# -- sandbox verify ----------------------------------------------------------
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    """Probe this machine and print what it enforces."""
+    policy_set = Policy.load(args.policy) if args.policy else None
+    report = verify.probe_machine(args.python)
+    defaults = (policy_set or PolicySet.empty()).defaults
+    needs = {
+        DEFAULTS: verify.needed_protections(defaults, as_root=report.as_root),
+    }
+    if policy_set is not None:
+        needs |= verify.requirements_for(policy_set, as_root=report.as_root)
+    missing = verify.missing_for(report, needs)
+    if args.json:
+        document = _verify_document(report, args.policy, needs, missing)
+        print(json.dumps(document, indent=2))
+    else:
+        _print_verify(report, args.policy, needs, missing)
+    return EXIT_FAILED if any(missing.values()) else EXIT_OK
+
+
+def _verify_document(
+    report: verify.MachineReport,
+    policy_path: str | None,
+    needs: Mapping[str, list[str]],
+    missing: Mapping[str, list[str]],
+) -> dict[str, Any]:
+    document = {"sandbox_version": __version__, **report.to_dict()}
+    document["policy"] = policy_path
+    entries = {
+        name: {"needs": needs[name], "missing": missing[name]}
+        for name in needs
+    }
+    # Plugins without a table of their own get [defaults].
+    document["defaults"] = entries.pop(DEFAULTS)
+    document["plugins"] = entries
+    document["ok"] = not any(missing.values())
+    return document
+
+
+def _print_verify(
+    report: verify.MachineReport,
+    policy_path: str | None,
+    needs: Mapping[str, list[str]],
+    missing: Mapping[str, list[str]],
+) -> None:
+    running_as = "root" if report.as_root else f"uid {os.getuid()}"
+    print(f"sandbox {__version__}: what this machine enforces on workers")
+    _print_wrapped(
+        f"host: {platform.system()} {platform.release()}, running as "
+        f"{running_as}; workers run {report.interpreter}"
+    )
+    print()
+    rows = [(p.name, p.status, p.detail) for p in report.protections]
+    _print_table(("protection", "status", "detail"), rows)
+    print()
+    _print_wrapped(
+        "enforced: a probe worker showed it. available: the kernel offers "
+        "it, but no worker showed it. missing: not given here."
+    )
+    if report.probe_error is not None:
+        print()
+        _print_wrapped(f"The probe worker failed: {report.probe_error}")
+    if policy_path is not None:
+        for plugin, plugin_needs in needs.items():
+            print()
+            _print_needs(report, plugin, plugin_needs, policy_path)
+    print()
+    _print_wrapped(_verify_summary(missing, policy_path))
+    if report.probe_error is not None:
+        _print_wrapped(
+            "The probe worker failed, so no worker could show a "
+            "protection; its error is above."
+        )
+
+
+def _print_needs(
+    report: verify.MachineReport,
+    plugin: str,
+    plugin_needs: Iterable[str],
+    policy_path: str,
+) -> None:
+    if plugin == DEFAULTS:
+        _print_wrapped(
+            f"plugins without a table ([defaults] of {policy_path}) need:"
+        )
+    else:
+        print(f"plugin {plugin} needs:")
+    groups: dict[str, list[str]] = {"enforced": [], "kernel": [], "no": []}
+    for name in plugin_needs:
+        protection = report.protection(name)
+        if protection.status == "enforced":
+            groups["enforced"].append(name)
+        elif protection.in_force:
+            groups["kernel"].append(name)
+        else:
+            groups["no"].append(name)
+    _print_field("enforced", ", ".join(groups["enforced"]) or "none", 11)
+    if groups["kernel"]:
+        kernel = ", ".join(groups["kernel"])
+        _print_field(
+            "available",
+            f"{kernel} (not observable; kernel support counts)",
+            11,
+        )
+    _print_field("MISSING", ", ".join(groups["no"]) or "none", 11)
+
+
+def _verify_summary(
+    missing: Mapping[str, list[str]], policy_path: str | None
+) -> str:
+    lacking = {name: names for name, names in missing.items() if names}
+    if policy_path is None:
+        if not lacking:
+            return (
+                "Every protection that a default-deny policy needs is in "
+                "force."
+            )
+        return "MISSING for a default-deny policy: " + ", ".join(
+            lacking[DEFAULTS]
+        )
+    if not lacking:
+        return (
+            f"Every protection that the plugins of {policy_path} need is "
+            "in force."
+        )
+    return (
+        "MISSING: needed protections are not in force for "
+        f"{', '.join(lacking)}, as listed above."
+    )
+
+
+# -- sandbox call ------------------------------------------------------------
+
+
+def call_command(args: argparse.Namespace) -> int:
+    """Call one plugin method and print its result as JSON."""
+    params = parse_params(args.params)
+    plugin_dirs = _plugin_dirs(args.plugins)
+    policies = _load_policies(args.policy)
+    with PluginHost(plugin_dirs, policies, max_workers=1) as host:
+        result = host.execute_plugin(
+            args.plugin, args.method, params, timeout=args.timeout
+        )
+    # ASCII escapes keep control characters from the plugin off the
+    # terminal, and the output still parses to the same JSON value.
+    print(json.dumps(result, indent=2, ensure_ascii=True))
+    return EXIT_OK
+
+
+def parse_params(text: str) -> dict[str, Any]:
+    """Parse the JSON argument of ``call``, which must be an object.
+
+    Raises UsageError for invalid JSON and for any other JSON value.
+    """
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(
+            f"invalid JSON argument ({error}); pass an object such as "
+            '\'{"message": "hi"}\''
+        ) from None
+    if not isinstance(params, dict):
+        raise UsageError(
+            "the JSON argument must be an object of keyword arguments, "
+            f"got a JSON {_json_type(params)}"
+        )
+    return params
+
+
+def _json_type(value: object) -> str:
+    names = {list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _plugin_dirs(option: list[str] | None) -> list[str]:
+    if option:
+        return option
+    if os.path.isdir(DEFAULT_PLUGIN_DIR):
+        return [DEFAULT_PLUGIN_DIR]
+    raise UsageError(
+        f"no --plugins given and ./{DEFAULT_PLUGIN_DIR} does not exist; "
+        "pass --plugins DIR"
+    )
+
+
+def _load_policies(path: str | None) -> PolicySet:
+    if path:
+        return Policy.load(path)
+    if os.path.isfile(DEFAULT_POLICY):
+        return Policy.load(DEFAULT_POLICY)
+    return PolicySet.empty()
+
+
+# -- sandbox demo ------------------------------------------------------------
+
+# The error each mechanism gives, to check the plugin's claim of what
+# stopped an attack against what actually happened.
+MECHANISM_ERRORS = {
+    "file permissions + Landlock": "EACCES",
+    "Landlock (filesystem allowlist)": "EACCES",
+    "seccomp (socket families)": "EPERM",
+    "seccomp (ptrace denied)": "EPERM",
+    "seccomp (namespaces denied)": "EPERM",
+    "uid drop + no capabilities": "EPERM",
+    "uid drop + Landlock signal scope": "EPERM",
+    "setsid (no controlling terminal)": "ENXIO",
+    "capability broker": "CapabilityDenied",
+    "RLIMIT_AS": "MemoryError",
+    "RLIMIT_NPROC": "EAGAIN",
+}
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    """Run the example plugins and explain each outcome."""
+    plugin_dirs = _plugin_dirs(args.plugins)
+    # Created before the policy loads, because the policy names the
+    # folder and a policy path must exist.
+    folder_note = prepare_notification_folder()
+    policies = _load_policies(args.policy)
+    events: Counter[str] = Counter()
+    _print_wrapped(
+        "sandbox demo: each plugin runs in its own worker process under "
+        f"its policy from {policies.source}."
+    )
+    _print_wrapped(folder_note)
+    with PluginHost(plugin_dirs, policies, max_workers=5) as host:
+        host.subscribe(lambda event: events.update([str(event["event"])]))
+        outcomes = [step(host) for step in _DEMO_STEPS]
+    print()
+    summary = ", ".join(f"{count} {name}" for name, count in events.items())
+    _print_wrapped(f"audit events: {summary or 'none'}")
+    return EXIT_OK if all(outcomes) else EXIT_FAILED
+
+
+def prepare_notification_folder() -> str:
+    """Create the notification plugin's folder if missing; return a note.
+
+    The folder gets mode 0755 and, on a root host, the owner that workers
+    run as, so the worker can write there and other users cannot.
+    """
+    try:
+        os.mkdir(NOTIFICATION_FOLDER, 0o755)
+    except FileExistsError:
+        return f"{NOTIFICATION_FOLDER} exists and is left as it is."
+    # O_NOFOLLOW, so that a symlink put in its place is never followed.
+    fd = os.open(
+        NOTIFICATION_FOLDER, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    )
+    try:
+        os.fchmod(fd, 0o755)
+        identity = resolve_identity(None, as_root=os.geteuid() == 0)
+        if identity is not None:
+            os.fchown(fd, identity.uid, identity.gid)
+    finally:
+        os.close(fd)
+    owner = f"uid {identity.uid}" if identity else "this user"
+    return f"Created {NOTIFICATION_FOLDER} (mode 0755, owned by {owner})."
+
+
+def _demo_notification(host: PluginHost) -> bool:
+    _print_plugin_header(host, "notification")
+    params = {"message": "Build completed", "level": "info"}
+    _print_field("tried", _show_call("send_alert", params))
+    result, error = _call(host, "notification", "send_alert", params)
+    if error is not None:
+        _print_field("result", error)
+        return False
+    logged = result.get("logged_to") if isinstance(result, dict) else None
+    _print_field("result", f"delivered; logged to {_escape(logged)}")
+    for notification in host.notifications:
+        _print_field(
+            "host",
+            f"received [{_escape(notification.level)}] "
+            f"{_escape(notification.message)}",
+        )
+    return True
+
+
+def _demo_env_protection(host: PluginHost) -> bool:
+    plugin = "env-protection"
+    _print_plugin_header(host, plugin)
+    _print_field("tried", _show_call("visible_environment", {}))
+    result, error = _call(host, plugin, "visible_environment", {})
+    if error is not None:
+        _print_field("result", error)
+        return False
+    names = sorted(result) if isinstance(result, dict) else []
+    _print_field(
+        "result",
+        f"sees {_escape(', '.join(names)) or 'nothing'} ({len(names)} of "
+        f"the host's {len(os.environ)} variables)",
+    )
+    succeeded = True
+    for variable in ("HOME", "PATH"):
+        params = {"name": variable}
+        _print_field("tried", _show_call("read_variable", params))
+        result, error = _call(host, plugin, "read_variable", params)
+        succeeded &= error is None
+        _print_field("result", error or _describe_read(result))
+    return succeeded
+
+
+def _describe_read(result: Any) -> str:
+    if not isinstance(result, dict):
+        return f"unexpected result {_escape(result)}"
+    if result.get("denied"):
+        return f"denied: {_escape(result['denied'])}"
+    return f"allowed, value {_escape(repr(result.get('value')))}"
+
+
+def _demo_markdown(host: PluginHost) -> bool:
+    plugin = "markdown-render"
+    _print_plugin_header(host, plugin)
+    params = {"text": "# Sandboxed\n\nRendered *inside* a worker."}
+    _print_field("tried", _show_call("to_html", params))
+    result, error = _call(host, plugin, "to_html", params)
+    if error is not None:
+        _print_field("result", error)
+        return False
+    html = result.get("html") if isinstance(result, dict) else result
+    version = (
+        result.get("markdown_version") if isinstance(result, dict) else ""
+    )
+    _print_field("result", f"{_escape(html)} (Markdown {_escape(version)})")
+    return True
+
+
+def _demo_hostile(host: PluginHost) -> bool:
+    plugin = "hostile"
+    _print_plugin_header(host, plugin)
+    _print_field("tried", "attempt_all(): every attack of its threat list")
+    attempts, error = _call(host, plugin, "attempt_all", {})
+    if error is not None:
+        _print_field("result", error)
+        return False
+    if not isinstance(attempts, list):
+        _print_field("result", f"unexpected result {_escape(attempts)}")
+        return False
+    confirmed = 0
+    for attempt in attempts:
+        verdict, claim_confirmed = judge_attempt(attempt)
+        confirmed += claim_confirmed
+        threat = attempt.get("threat") if isinstance(attempt, dict) else None
+        _print_wrapped(
+            f"{_escape(threat, limit=60)}: {verdict}", indent=2, hanging=2
+        )
+    _print_field(
+        "result",
+        f"{confirmed} of {len(attempts)} attacks stopped, each by the "
+        "mechanism it names",
+    )
+    return confirmed == len(attempts)
+
+
+def judge_attempt(attempt: object) -> tuple[str, bool]:
+    """Check one hostile attempt and return (verdict, claim confirmed).
+
+    The claim is confirmed when the attempt failed with the error that
+    the mechanism it names produces. Anything else fails, a malformed
+    attempt included.
+    """
+    if not isinstance(attempt, dict):
+        return f"NOT STOPPED? unexpected entry {_escape(attempt)}", False
+    if attempt.get("succeeded") is not False:
+        detail = _escape(attempt.get("detail"), limit=200)
+        return f"NOT STOPPED: the attack succeeded ({detail})", False
+    observed = str(attempt.get("error")).split(":", 1)[0]
+    claimed = str(attempt.get("stopped_by"))
+    expected = MECHANISM_ERRORS.get(claimed)
+    if expected is None:
+        return (
+            f"stopped ({_escape(observed)}), but by no known mechanism: "
+            f"{_escape(claimed)}",
+            False,
+        )
+    if observed != expected:
+        return (
+            f"stopped ({_escape(observed)}), but {claimed} would give "
+            f"{expected}: the claim is not confirmed",
+            False,
+        )
+    return f"stopped ({observed}) by {claimed}", True
+
+
+_DEMO_STEPS: tuple[Callable[[PluginHost], bool], ...] = (
+    _demo_notification,
+    _demo_env_protection,
+    _demo_markdown,
+    _demo_hostile,
+)
+
+
+def _call(
+    host: PluginHost, plugin: str, method: str, params: dict[str, Any]
+) -> tuple[Any, str | None]:
+    """Return (result, None), or (None, a failure line) on SandboxError."""
+    try:
+        return host.execute_plugin(plugin, method, params), None
+    except SandboxError as error:
+        return None, f"FAILED: {_escape(error)}"
+
+
+def _print_plugin_header(host: PluginHost, plugin: str) -> None:
+    print()
+    manifest = host.plugins.get(plugin)
+    description = manifest.description if manifest else "not found"
+    _print_wrapped(f"{plugin}: {_escape(description)}")
+
+
+def _show_call(method: str, params: Mapping[str, Any]) -> str:
+    arguments = ", ".join(f"{k}={json.dumps(v)}" for k, v in params.items())
+    return f"{method}({arguments})"
+
+
+# -- formatting --------------------------------------------------------------
+
+
+def _escape(
+    value: object, *, limit: int = 500, keep_newlines: bool = False
+) -> str:
+    """Return ``value`` as text with control characters escaped, shortened.
+
+    Plugins choose the text they return, and an escape sequence passed
+    through would control the user's terminal.
+    """
+    text = value if isinstance(value, str) else str(value)
+    escaped = "".join(
+        char
+        if char.isprintable() or (keep_newlines and char == "\n")
+        else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
+    if len(escaped) > limit:
+        escaped = escaped[: limit - 3] + "..."
+    return escaped
+
+
+def _print_field(label: str, text: str, width: int = 8) -> None:
+    """Print ``  label: text`` with continuation lines under the text."""
+    prefix = f"  {label + ':':<{width}}"
+    print(
+        textwrap.fill(
+            text,
+            WIDTH,
+            initial_indent=prefix,
+            subsequent_indent=" " * len(prefix),
+            break_on_hyphens=False,
+        )
+    )
+
+
+def _print_wrapped(text: str, *, indent: int = 0, hanging: int = 0) -> None:
+    """Print ``text`` wrapped; continuation lines get ``hanging`` more."""
+    print(
+        textwrap.fill(
+            text,
+            WIDTH,
+            initial_indent=" " * indent,
+            subsequent_indent=" " * (indent + hanging),
+            break_on_hyphens=False,
+        )
+    )
+
+
+def _print_table(
+    header: tuple[str, str, str], rows: Iterable[tuple[str, str, str]]
+) -> None:
+    """Print three columns; the last one wraps within WIDTH."""
+    everything = [header, *rows]
+    name_width = max(len(row[0]) for row in everything) + 2
+    status_width = max(len(row[1]) for row in everything) + 2
+    left = name_width + status_width
+    for name, status, detail in everything:
+        lines = textwrap.wrap(detail, WIDTH - left, break_on_hyphens=False)
+        first = lines[0] if lines else ""
+        print(f"{name:<{name_width}}{status:<{status_width}}{first}".rstrip())
+        for line in lines[1:]:
+            print(" " * left + line)
+
+
+def _print_error(message: str) -> None:
+    text = textwrap.fill(
+        f"sandbox: error: {_escape(message)}",
+        WIDTH,
+        subsequent_indent="  ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    print(text, file=sys.stderr)
+
+
+def _exit_status(code: object) -> int:
+    if code is None:
+        return EXIT_OK
+    return code if isinstance(code, int) else EXIT_FAILED

@@ -1,0 +1,443 @@
+"""The sandbox command line, run through main() and the installed script.
+
+Every command here starts real sandboxed workers; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sandbox
+from sandbox import Policy, cli, landlock, verify
+from sandbox.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+PLUGINS = str(EXAMPLES / "plugins")
+POLICIES = str(EXAMPLES / "policies.toml")
+SCRIPT = REPO / ".venv" / "bin" / "sandbox"
+IS_ROOT = os.geteuid() == 0
+STATUSES = {"enforced", "available", "missing"}
+WIDTH = 79
+
+PLUGIN_OPTIONS = ["--plugins", PLUGINS, "--policy", POLICIES]
+
+
+def run(
+    capsys: pytest.CaptureFixture[str], *argv: str
+) -> tuple[int, str, str]:
+    """Run main(argv) and return (exit status, stdout, stderr)."""
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def line_of(output: str, first_word: str) -> str:
+    """Return the first output line that starts with ``first_word``."""
+    for line in output.splitlines():
+        if line.split(" ", 1)[0] == first_word:
+            return line
+    raise AssertionError(f"no line starts with {first_word!r}:\n{output}")
+
+
+def flat(text: str) -> str:
+    """Join wrapped lines, so that a phrase can be found across a break."""
+    return " ".join(text.split())
+
+
+def too_wide(output: str) -> list[str]:
+    return [line for line in output.splitlines() if len(line) > WIDTH]
+
+
+def hostile_threats() -> list[str]:
+    """Return the threat names of the hostile example plugin."""
+    path = EXAMPLES / "plugins" / "hostile" / "hostile.py"
+    spec = importlib.util.spec_from_file_location("hostile_threats", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.THREATS)
+
+
+# -- verify ------------------------------------------------------------------
+
+
+def test_verify_reports_seccomp_enforced(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, _ = run(capsys, "verify")
+    assert status == 0, out
+    assert line_of(out, "seccomp").split()[1] == "enforced"
+    assert line_of(out, "no_new_privs").split()[1] == "enforced"
+    assert too_wide(out) == []
+
+
+def test_verify_reports_landlock_abi(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, _ = run(capsys, "verify")
+    assert status == 0, out
+    landlock_line = line_of(out, "landlock")
+    assert landlock_line.split()[1] == "enforced"
+    assert f"Landlock ABI {landlock.abi_version()};" in landlock_line
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only a root host drops the uid")
+def test_verify_reports_uid_drop_as_root(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, _ = run(capsys, "verify")
+    assert status == 0, out
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert line_of(out, "uid_drop").split()[1] == "enforced"
+    assert f"uid {nobody} (nobody)" in line_of(out, "uid_drop")
+    assert line_of(out, "capabilities").split()[1] == "enforced"
+
+
+def test_verify_json_has_report_keys(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, _ = run(capsys, "verify", "--json")
+    data = json.loads(out)
+    assert status == 0
+    for key in ("protections", "worker_status", "landlock_abi", "ok"):
+        assert key in data
+    assert data["ok"] is True
+    assert data["probe_error"] is None
+    assert data["landlock_abi"] == landlock.abi_version()
+    assert set(data["protections"]) == set(verify.PROTECTION_NAMES)
+    for name, protection in data["protections"].items():
+        assert protection["status"] in STATUSES, name
+
+
+def test_verify_json_matches_worker_report(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, out, _ = run(capsys, "verify", "--json")
+    data = json.loads(out)
+    worker, protections = data["worker_status"], data["protections"]
+    assert worker["seccomp"] == 2
+    assert protections["seccomp"]["status"] == "enforced"
+    assert worker["no_new_privs"] == 1
+    assert protections["no_new_privs"]["status"] == "enforced"
+    assert worker["dumpable"] == 0
+    assert protections["dumpable_off"]["status"] == "enforced"
+
+
+def test_verify_policy_lists_each_plugin(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, _ = run(capsys, "verify", "--policy", POLICIES)
+    assert status == 0, out
+    names = Policy.load(POLICIES).names()
+    assert names
+    for name in names:
+        assert f"plugin {name} needs:" in out
+    assert "plugins without a table ([defaults]" in out
+    assert too_wide(out) == []
+
+
+def test_verify_policy_json_lists_needs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, _ = run(capsys, "verify", "--json", "--policy", POLICIES)
+    data = json.loads(out)
+    assert status == 0
+    assert set(data["plugins"]) == set(Policy.load(POLICIES).names())
+    for name, entry in data["plugins"].items():
+        assert "seccomp" in entry["needs"], name
+        assert entry["missing"] == [], name
+
+
+@pytest.fixture
+def unreadable_python(tmp_path: Path) -> str:
+    """Copy this interpreter into a folder only root can enter."""
+    folder = tmp_path / "private"
+    folder.mkdir(mode=0o700)
+    copy = folder / "python3"
+    shutil.copy2(os.path.realpath(sys.executable), copy)
+    return str(copy)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only a root host drops the uid")
+def test_verify_unreadable_python_fails(
+    capsys: pytest.CaptureFixture[str], unreadable_python: str
+) -> None:
+    status, out, _ = run(
+        capsys, "verify", "--python", unreadable_python, "--policy", POLICIES
+    )
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert status == 1
+    assert "The probe worker failed" in out
+    assert f"is not readable by uid {nobody}" in flat(out)
+    assert line_of(out, "uid_drop").split()[1] == "available"
+    assert "MISSING: needed protections are not in force" in flat(out)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only a root host drops the uid")
+def test_verify_json_unreadable_python_missing(
+    capsys: pytest.CaptureFixture[str], unreadable_python: str
+) -> None:
+    status, out, _ = run(
+        capsys,
+        "verify",
+        "--json",
+        "--python",
+        unreadable_python,
+        "--policy",
+        POLICIES,
+    )
+    data = json.loads(out)
+    assert status == 1
+    assert data["ok"] is False
+    assert "not readable by uid" in data["probe_error"]
+    assert data["protections"]["uid_drop"]["in_force"] is False
+    assert "uid_drop" in data["plugins"]["notification"]["missing"]
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="no installed script")
+def test_installed_script_runs_verify() -> None:
+    completed = subprocess.run(
+        [str(SCRIPT), "verify"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert line_of(completed.stdout, "seccomp").split()[1] == "enforced"
+    expected = f"Landlock ABI {landlock.abi_version()}"
+    assert expected in completed.stdout
+
+
+# -- requirements ------------------------------------------------------------
+
+
+def test_requirements_follow_network_and_root() -> None:
+    policies = Policy.from_dict(
+        {"plugins": {"online": {"network": True}, "offline": {}}}
+    )
+    as_root = verify.requirements_for(policies, as_root=True)
+    as_user = verify.requirements_for(policies, as_root=False)
+    assert "landlock_tcp" not in as_root["online"]
+    assert "landlock_tcp" in as_root["offline"]
+    assert "uid_drop" in as_root["online"]
+    assert "uid_drop" not in as_user["online"]
+    assert "capabilities" not in as_user["offline"]
+
+
+def test_missing_for_lists_unmet_needs() -> None:
+    protections = tuple(
+        verify.Protection(
+            name, "available" if name == "uid_drop" else "enforced", ""
+        )
+        for name in verify.PROTECTION_NAMES
+    )
+    report = verify.MachineReport(
+        protections, as_root=True, interpreter="", landlock_abi=7
+    )
+    needs = {"a": ["seccomp", "uid_drop"], "b": ["seccomp"]}
+    assert verify.missing_for(report, needs) == {"a": ["uid_drop"], "b": []}
+
+
+def test_unobservable_available_counts() -> None:
+    unobservable = verify.Protection(
+        "landlock_tcp", "available", "", checked_in_worker=False
+    )
+    observable = verify.Protection("seccomp", "available", "")
+    assert unobservable.in_force is True
+    assert observable.in_force is False
+
+
+# -- call --------------------------------------------------------------------
+
+
+def test_call_prints_result_as_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    params = {"text": "hi", "count": 2, "nested": {"list": [1, None]}}
+    status, out, err = run(
+        capsys, "call", "echo", "echo", json.dumps(params), *PLUGIN_OPTIONS
+    )
+    assert status == 0, err
+    assert json.loads(out) == params
+
+
+def test_call_uses_example_defaults(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    status, out, err = run(capsys, "call", "echo", "noop")
+    assert status == 0, err
+    assert json.loads(out) is None
+
+
+def test_call_escapes_control_characters(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    params = {"text": "\x1b[2J\x9b31m"}
+    status, out, err = run(
+        capsys, "call", "echo", "echo", json.dumps(params), *PLUGIN_OPTIONS
+    )
+    assert status == 0, err
+    assert "\x1b" not in out
+    assert "\x9b" not in out
+    assert json.loads(out) == params
+
+
+def test_call_invalid_json_exits_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, err = run(
+        capsys, "call", "echo", "echo", "{text: 1}", *PLUGIN_OPTIONS
+    )
+    assert status == 2
+    assert out == ""
+    assert err.startswith("sandbox: error: invalid JSON argument")
+
+
+def test_call_non_object_json_exits_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, err = run(
+        capsys, "call", "echo", "echo", "[1, 2]", *PLUGIN_OPTIONS
+    )
+    assert status == 2
+    assert out == ""
+    assert "must be an object" in flat(err)
+    assert "got a JSON array" in flat(err)
+
+
+def test_call_unknown_plugin_exits_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, err = run(
+        capsys, "call", "no-such-plugin", "echo", *PLUGIN_OPTIONS
+    )
+    assert status == 1
+    assert out == ""
+    assert err.startswith("sandbox: error: no plugin named 'no-such-plugin'")
+
+
+def test_call_plugin_exception_exits_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, err = run(
+        capsys, "call", "echo", "noop", '{"unexpected": 1}', *PLUGIN_OPTIONS
+    )
+    assert status == 1
+    assert out == ""
+    assert "plugin 'echo' raised TypeError" in flat(err)
+
+
+def test_call_rejects_zero_timeout(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, _, err = run(
+        capsys, "call", "echo", "noop", "--timeout", "0", *PLUGIN_OPTIONS
+    )
+    assert status == 2
+    assert "expected seconds greater than 0" in flat(err)
+
+
+def test_version_option(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(capsys, "--version")
+    assert status == 0
+    assert out.strip() == f"sandbox {sandbox.__version__}"
+
+
+# -- demo --------------------------------------------------------------------
+
+
+def test_demo_stops_every_threat(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run(capsys, "demo", *PLUGIN_OPTIONS)
+    assert status == 0, out + err
+    assert "NOT STOPPED" not in out
+    threats = hostile_threats()
+    assert threats
+    for threat in threats:
+        assert f"  {threat}: stopped (" in out, threat
+    assert f"{len(threats)} of {len(threats)} attacks stopped" in flat(out)
+
+
+def test_demo_reports_plugins_and_audit(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, err = run(capsys, "demo", *PLUGIN_OPTIONS)
+    assert status == 0, out + err
+    assert "delivered; logged to /tmp/notifications/alerts.log" in out
+    assert "denied: variable 'PATH' is not in the env allowlist" in flat(out)
+    assert "<h1>Sandboxed</h1>" in out
+    audit = flat(out[out.index("audit events:") :])
+    started = re.search(r"(\d+) worker_started", audit)
+    stopped = re.search(r"(\d+) worker_stopped", audit)
+    assert started is not None, audit
+    assert stopped is not None, audit
+    assert started.group(1) == stopped.group(1)
+    assert too_wide(out) == []
+
+
+def attempt(**fields: Any) -> dict[str, Any]:
+    return {"threat": "t", "kind": "k", **fields}
+
+
+def test_judge_flags_successful_attack() -> None:
+    verdict, confirmed = cli.judge_attempt(
+        attempt(
+            succeeded=True,
+            error=None,
+            detail="connected",
+            stopped_by="seccomp (socket families)",
+        )
+    )
+    assert confirmed is False
+    assert verdict.startswith("NOT STOPPED")
+
+
+def test_judge_rejects_wrong_errno() -> None:
+    verdict, confirmed = cli.judge_attempt(
+        attempt(
+            succeeded=False,
+            error="EPERM",
+            stopped_by="Landlock (filesystem allowlist)",
+        )
+    )
+    assert confirmed is False
+    assert "not confirmed" in verdict
+
+
+def test_judge_accepts_matching_errno() -> None:
+    verdict, confirmed = cli.judge_attempt(
+        attempt(
+            succeeded=False,
+            error="CapabilityDenied: capability 'shell' is not granted",
+            stopped_by="capability broker",
+        )
+    )
+    assert confirmed is True
+    assert verdict == "stopped (CapabilityDenied) by capability broker"
+
+
+def test_demo_creates_notification_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "notifications"
+    monkeypatch.setattr(cli, "NOTIFICATION_FOLDER", str(folder))
+    cli.prepare_notification_folder()
+    info = folder.stat()
+    owner = pwd.getpwnam("nobody").pw_uid if IS_ROOT else os.getuid()
+    assert info.st_mode & 0o7777 == 0o755
+    assert info.st_uid == owner
+    note = cli.prepare_notification_folder()
+    assert "exists and is left as it is" in note
