@@ -24,9 +24,7 @@ def cdef_from_header(text: str) -> str:
     cannot drift from what the compiler sees.
     """
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.DOTALL)
-    lines = [
-        line for line in text.splitlines() if not line.startswith("#")
-    ]
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
     return "\n".join(lines)
 
 

@@ -36,7 +36,7 @@ struct child_fds {
 static void
 report_failure(int error_fd, int stage, int error)
 {
-	struct sandbox_failure record = { stage, error };
+	struct sandbox_failure record = {stage, error};
 	ssize_t written;
 
 	do {
@@ -48,7 +48,7 @@ report_failure(int error_fd, int stage, int error)
 static int
 reset_signals(void)
 {
-	struct sigaction action = { 0 };
+	struct sigaction action = {0};
 	sigset_t none;
 	int sig;
 
@@ -70,7 +70,7 @@ reset_signals(void)
 static int
 new_session(void)
 {
-	/* No controlling terminal: TIOCSTI and job-control signals are gone. */
+	/* Leave the host's terminal, so TIOCSTI has no terminal to feed. */
 	return setsid() < 0 ? errno : 0;
 }
 
@@ -118,7 +118,8 @@ close_span(unsigned int first, unsigned int last)
 	/* Without close_range, no descriptor can exceed the soft limit. */
 	if (getrlimit(RLIMIT_NOFILE, &limit) < 0)
 		return errno;
-	top = limit.rlim_cur > 1048576 ? 1048576 : (unsigned int)limit.rlim_cur;
+	top =
+	    limit.rlim_cur > 1048576 ? 1048576 : (unsigned int)limit.rlim_cur;
 	for (fd = first; fd <= last && fd < top; fd++)
 		close((int)fd);
 	return 0;
@@ -128,15 +129,15 @@ close_span(unsigned int first, unsigned int last)
 static int
 close_from(int first, int keep_a, int keep_b)
 {
-	int kept[2] = { keep_a < keep_b ? keep_a : keep_b,
-			keep_a < keep_b ? keep_b : keep_a };
+	int kept[2] = {keep_a < keep_b ? keep_a : keep_b,
+		       keep_a < keep_b ? keep_b : keep_a};
 	int next = first, error, i;
 
 	for (i = 0; i < 2; i++) {
 		if (kept[i] < next)
 			continue;
-		error = close_span((unsigned int)next,
-				   (unsigned int)kept[i] - 1);
+		error =
+		    close_span((unsigned int)next, (unsigned int)kept[i] - 1);
 		if (error != 0)
 			return error;
 		next = kept[i] + 1;
@@ -145,8 +146,7 @@ close_from(int first, int keep_a, int keep_b)
 }
 
 static int
-place_descriptors(const struct sandbox_spawn_args *args,
-		  struct child_fds *fds)
+place_descriptors(const struct sandbox_spawn_args *args, struct child_fds *fds)
 {
 	int moved[SANDBOX_MAX_KEPT_FDS];
 	int above = 3, fd, i;
@@ -166,7 +166,7 @@ place_descriptors(const struct sandbox_spawn_args *args,
 		return errno;
 	if (args->landlock_fd >= 0) {
 		fds->landlock_fd =
-			fcntl(args->landlock_fd, F_DUPFD_CLOEXEC, above);
+		    fcntl(args->landlock_fd, F_DUPFD_CLOEXEC, above);
 		if (fds->landlock_fd < 0)
 			return errno;
 	}
@@ -195,7 +195,7 @@ change_directory(const char *cwd)
 static int
 apply_rlimits(const struct sandbox_spawn_args *args)
 {
-	struct rlimit no_core = { 0, 0 };
+	struct rlimit no_core = {0, 0};
 	struct rlimit limit;
 	int i;
 
@@ -219,7 +219,8 @@ drop_bounding_set(const struct sandbox_spawn_args *args)
 	if (!args->change_ids)
 		return 0;
 	for (cap = 0; cap < 64; cap++)
-		if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
+		if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 &&
+		    errno != EINVAL)
 			return errno;
 #else
 	(void)args;
@@ -336,12 +337,11 @@ install_seccomp(const struct sandbox_spawn_args *args)
 #endif
 }
 
-#define RUN_STAGE(stage, call)                                   \
-	do {                                                     \
-		int stage_error = (call);                        \
-		if (stage_error != 0)                            \
-			report_failure(fds.error_fd, (stage),    \
-				       stage_error);             \
+#define RUN_STAGE(stage, call)                                                \
+	do {                                                                  \
+		int stage_error = (call);                                     \
+		if (stage_error != 0)                                         \
+			report_failure(fds.error_fd, (stage), stage_error);   \
 	} while (0)
 
 /*
@@ -355,7 +355,7 @@ install_seccomp(const struct sandbox_spawn_args *args)
 static void
 child_main(const struct sandbox_spawn_args *args)
 {
-	struct child_fds fds = { args->error_fd, args->landlock_fd };
+	struct child_fds fds = {args->error_fd, args->landlock_fd};
 
 	RUN_STAGE(SANDBOX_STAGE_SIGNALS, reset_signals());
 	RUN_STAGE(SANDBOX_STAGE_SETSID, new_session());

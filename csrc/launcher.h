@@ -51,7 +51,7 @@ struct sandbox_spawn_args {
 	int fd_count;
 	const struct sandbox_rlimit *rlimits;
 	int rlimit_count;
-	/* With change_ids == 0 the ids stay as they are (unprivileged host). */
+	/* 0: keep the caller's ids, as a host that is not root must. */
 	int change_ids;
 	unsigned int uid;
 	unsigned int gid;

@@ -404,7 +404,7 @@ def test_wake_fd_interrupts_blocked_send(wake_pipe: tuple[int, int]) -> None:
         # The peer never reads, so a frame far above the socket buffer
         # blocks until the wake fd fires.
         with pytest.raises(PeerGone, match="while sending"):
-            transport.send(b"x" * (16 << 20))
+            transport.send(b"x" * (16 << 20), timeout=5)
     finally:
         transport.close()
         far.close()
@@ -421,7 +421,7 @@ def test_send_timeout_when_peer_stalls() -> None:
         with pytest.raises(TimeoutError):
             transport.send(b"x" * (16 << 20), timeout=0.1)
         with pytest.raises(ProtocolError, match="out of step"):
-            transport.send(b"small")
+            transport.send(b"small", timeout=1)
     finally:
         transport.close()
         far.close()
@@ -626,6 +626,21 @@ def test_deep_nesting_rejected_with_raised_recursion_limit() -> None:
     assert result.stdout.strip() == "ProtocolError"
 
 
+def test_long_integer_rejected_without_interpreter_limit() -> None:
+    # CPython 3.11+ limits int() itself unless an application turns the
+    # limit off; 3.10 has no limit and parses in quadratic time.
+    previous = getattr(sys, "get_int_max_str_digits", lambda: None)()
+    if previous is not None:
+        sys.set_int_max_str_digits(0)
+    try:
+        with pytest.raises(ProtocolError, match="more than 4300 digits"):
+            decode(b'{"x": -' + b"7" * 4301 + b"}")
+        assert decode(b'{"x": -' + b"7" * 4300 + b"}")["x"] < 0
+    finally:
+        if previous is not None:
+            sys.set_int_max_str_digits(previous)
+
+
 def _nested_text(depth: int, kind: str) -> str:
     """Return a JSON object nesting ``depth`` levels, the object included."""
     inner = "1"
@@ -660,6 +675,8 @@ def test_decode_accepts_valid_json() -> None:
     }
 
 
+# JSON punctuation, literal letters, a lone surrogate, NUL and non-ASCII.
+JSON_LIKE_ALPHABET = '[]{}",:\\ 01-.eEtrufalsnNI\ud83d\x00é'
 JSON_SCALARS = (
     st.none()
     | st.booleans()
@@ -694,7 +711,7 @@ def test_decode_arbitrary_bytes(payload: bytes) -> None:
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.text(alphabet='[]{}",:\\ 01-.eEtrufalsnNI\ud83d\x00é', max_size=200))
+@given(st.text(alphabet=JSON_LIKE_ALPHABET, max_size=200))
 def test_decode_json_like_text(text: str) -> None:
     try:
         result = decode(text.encode("utf-8", "surrogatepass"))
@@ -953,7 +970,7 @@ def test_send_request_validates_before_sending(
     with pytest.raises(ProtocolError, match="reserved"):
         host.send_request("rpc.discover", {})
     with pytest.raises(ProtocolError, match="object or an array"):
-        host.send_request("m", "params as text")  # type: ignore[arg-type]
+        host.send_request("m", "params as text")
     with pytest.raises(ProtocolError, match="not JSON compliant"):
         host.send_request("m", {"x": math.nan})
     with pytest.raises(TimeoutError):
@@ -965,7 +982,7 @@ def test_send_result_validates_before_sending(
 ) -> None:
     host, worker = channels
     with pytest.raises(ProtocolError, match="id must be an integer"):
-        worker.send_result(True, 1)  # type: ignore[arg-type]
+        worker.send_result(True, 1)
     with pytest.raises(ProtocolError, match="code must be an integer"):
         worker.send_error(1, "bad", "message")  # type: ignore[arg-type]
     with pytest.raises(TimeoutError):

@@ -1,10 +1,10 @@
 """Length-prefixed JSON-RPC 2.0 messages between the host and a worker.
 
 A frame is a 4-byte big-endian payload length followed by that many bytes of
-UTF-8 JSON. Each end treats every byte from its peer as hostile: the declared
-length is checked before the body is allocated or read, the JSON is parsed
-strictly (no NaN, no duplicate keys, bounded nesting) and the JSON-RPC
-envelope is validated before the caller sees the message.
+UTF-8 JSON. Each end treats every byte from its peer as hostile. It checks
+the declared length before it allocates or reads the body, and parses the
+JSON strictly (no NaN, no duplicate keys, bounded nesting). It validates the
+JSON-RPC envelope before the caller sees the message.
 
 The sandboxed worker imports this module, so it uses the standard library
 only and defers the ``socket`` import until a socket is used.
@@ -127,8 +127,9 @@ def _json_type(value: object) -> str:
 # -- JSON encoding and strict decoding -------------------------------------
 
 # After escapes are removed, one JSON string or an unterminated one running
-# to the end of the text. A match can never fail once it starts at a quote,
-# so the scan stays linear even on text full of stray quotes.
+# to the end of the text. Because the closing quote is optional, a match
+# that starts at a quote cannot fail, so the scan is linear even on text full
+# of stray quotes.
 _JSON_STRING = re.compile(r'"[^"]*"?')
 _BRACKETS_AS_PARENTHESES = bytes.maketrans(b"[{]}", b"(())")
 _NON_BRACKET_ASCII = bytes(set(range(128)) - set(b"[]{}"))
@@ -294,7 +295,7 @@ def _parse_failure_message(text: str, error: Exception) -> str:
 
 def _check_no_lone_surrogates(value: dict[str, Any]) -> None:
     # Escaped surrogate pairs are valid and common, so only re-encoding
-    # tells a lone surrogate apart; this runs only when an escape is present.
+    # distinguishes a lone surrogate. This runs only when an escape is found.
     try:
         _ENCODER.encode(value).encode("utf-8")
     except UnicodeEncodeError as error:
@@ -377,7 +378,7 @@ def validate_response(msg: Mapping[str, Any], expected_id: int) -> Response:
     """Return the reply to call ``expected_id``, or raise ProtocolError.
 
     Beyond the shape rules of a reply, the id must equal ``expected_id``:
-    a reply with any other id, null included, answers no call in progress.
+    a reply with any other id, null included, matches no call in progress.
     """
     response = _check_response_shape(msg)
     if response.id != expected_id:
@@ -438,16 +439,16 @@ def _check_envelope(msg: dict[str, Any]) -> None:
         _check_response_shape(msg)
 
 
-def _check_object(what: str, value: Any) -> None:
+def _check_object(label: str, value: Any) -> None:
     if not isinstance(value, Mapping):
         raise ProtocolError(
-            f"{what} must be a JSON object, got {_json_type(value)}: "
+            f"{label} must be a JSON object, got {_json_type(value)}: "
             f"{_show(value)}"
         )
 
 
 def _check_keys(
-    what: str,
+    label: str,
     msg: Mapping[Any, Any],
     *,
     required: frozenset[str] | set[str],
@@ -457,12 +458,12 @@ def _check_keys(
     missing = required - keys
     if missing:
         raise ProtocolError(
-            f"{what} is missing key(s) {_show(sorted(missing))}: {_show(msg)}"
+            f"{label} is missing key(s) {_show(sorted(missing))}: {_show(msg)}"
         )
     unexpected = keys - (required if allowed is None else allowed)
     if unexpected:
         raise ProtocolError(
-            f"{what} has unexpected key(s) "
+            f"{label} has unexpected key(s) "
             f"{_show(sorted(unexpected, key=repr))}"
         )
 
@@ -473,11 +474,11 @@ def _check_version(msg: Mapping[str, Any]) -> None:
         raise ProtocolError(f'jsonrpc must be "2.0", got {_show(version)}')
 
 
-def _check_id(what: str, value: Any) -> None:
+def _check_id(label: str, value: Any) -> None:
     # bool is a subclass of int, so the type is compared exactly.
     if type(value) is not int or not 0 <= value <= MAX_ID:
         raise ProtocolError(
-            f"{what} id must be an integer in 0..{MAX_ID}, got "
+            f"{label} id must be an integer in 0..{MAX_ID}, got "
             f"{_json_type(value)}: {_show(value)}"
         )
 
@@ -528,7 +529,7 @@ class _Deadline:
             raise TimeoutError(
                 f"timed out after {self._timeout:g} s {activity}"
             )
-        # Rounding up keeps poll() from returning early in a busy loop.
+        # Rounding down would let poll() return before the deadline and spin.
         return math.ceil(remaining * 1000)
 
 
@@ -797,8 +798,8 @@ class Channel:
 
     Outgoing messages are validated before they are sent, so a bad method
     name fails at the sender. Incoming ones are decoded strictly and must be
-    a valid request or a validly shaped reply; matching a reply's id to its
-    call is left to validate_response().
+    a valid request or a validly shaped reply. The caller matches a reply's
+    id to its call with validate_response().
     """
 
     def __init__(

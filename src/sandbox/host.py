@@ -1,16 +1,19 @@
 """PluginHost: a pool of sandboxed workers, one per plugin.
 
 At most ``max_workers`` workers are alive; starting one more stops the
-least recently used. Calls to one worker are serialised by its lock, and
-calls to different plugins run in parallel. Workers are spawned from one
-long-lived thread because the kernel's parent-death signal fires when the
-spawning *thread* exits, not only the process.
+least recently used, once its call in progress, if any, has ended. Calls
+to one plugin are serialised by its lock, and calls to different plugins
+run in parallel. Workers are spawned from one long-lived thread because
+the kernel's parent-death signal fires when the spawning *thread* exits,
+not only the process.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,12 +25,13 @@ from .audit import AuditEvent, AuditLog
 from .errors import (
     CapabilityDenied,
     PluginNotFound,
+    ProtocolError,
     SandboxError,
 )
 from .launcher import SpawnedProcess, SpawnRequest
 from .manifest import PluginManifest, discover_plugins
 from .policy import PolicySet, Resources
-from .process import WorkerProcess
+from .process import WorkerProcess, WorkerStopped
 from .runtime import (
     check_runtime_readable,
     resolve_identity,
@@ -39,6 +43,16 @@ from .spawnplan import WorkerConfig
 CapabilityHandler = Callable[[str, dict[str, Any]], Any]
 NOTIFY_LEVELS = ("debug", "info", "warning", "error")
 MAX_NOTIFICATION_CHARS = 4096
+
+# Hosts not closed yet. When the interpreter exits, the parent-death signal
+# ends their workers, but only close() removes their scratch folders.
+_unclosed_hosts: weakref.WeakSet[PluginHost] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_unclosed_hosts() -> None:
+    for host in list(_unclosed_hosts):
+        host.close()
 
 
 @dataclass(frozen=True)
@@ -94,8 +108,15 @@ class PluginHost:
         self._workers: OrderedDict[str, WorkerProcess] = OrderedDict()
         self._call_locks: dict[str, threading.Lock] = {}
         self._pool_lock = threading.Lock()
+        self._resource_cache: dict[str, Resources] = {}
+        # Notified whenever a worker slot may have come free or the host
+        # closed. Workers being started or stopped still hold their slot.
+        self._pool_changed = threading.Condition(self._pool_lock)
+        self._starting = 0
+        self._stopping = 0
         self._spawner = ThreadPoolExecutor(1, "sandbox-spawner")
         self._closed = False
+        _unclosed_hosts.add(self)
 
     # -- public API ----------------------------------------------------------
 
@@ -119,11 +140,17 @@ class PluginHost:
                 f"plugin {plugin!r} exports no method {method!r}; it "
                 f"exports {', '.join(manifest.methods)}"
             )
-        arguments = dict(params) if params is not None else {}
+        arguments = _arguments(params)
         seconds = self._call_timeout(plugin, timeout)
         with self._call_lock(plugin):
-            worker = self._worker(manifest)
-            return worker.call(method, arguments, seconds)
+            while True:
+                worker = self._worker(manifest)
+                try:
+                    return worker.call(method, arguments, seconds)
+                except WorkerStopped:
+                    # Another thread stopped this worker to make room
+                    # after the lookup. Nothing was sent, so retry.
+                    continue
 
     def worker_status(self, plugin: str) -> dict[str, Any]:
         """Return the worker's report of its own credentials and state."""
@@ -153,8 +180,10 @@ class PluginHost:
             self._closed = True
             workers = list(self._workers.values())
             self._workers.clear()
+            self._pool_changed.notify_all()
+        _unclosed_hosts.discard(self)
         for worker in workers:
-            worker.stop()
+            worker.stop(interrupt=True)
         self._spawner.shutdown(wait=True)
 
     def __enter__(self) -> PluginHost:
@@ -181,39 +210,70 @@ class PluginHost:
     def _worker(self, manifest: PluginManifest) -> WorkerProcess:
         """Return a live worker for ``manifest``, starting one if needed.
 
-        Called with the plugin's call lock held.
+        Called with the plugin's call lock held. Before a start, the least
+        recently used worker is stopped until a slot is free, so that at
+        most ``max_workers`` are alive even while threads start workers.
         """
-        with self._pool_lock:
-            if self._closed:
-                raise SandboxError("the PluginHost is closed")
-            worker = self._workers.get(manifest.name)
-            if worker is not None and worker.alive:
-                self._workers.move_to_end(manifest.name)
-                return worker
-            self._workers.pop(manifest.name, None)
-            evicted = self._evict_beyond(self.max_workers - 1)
-        for old in evicted:
-            old.stop()
-        worker = WorkerProcess(
-            self._config(manifest),
-            self._granted(manifest),
-            self._broker,
-            self.audit,
-        )
-        worker.start(self._spawn)
-        with self._pool_lock:
-            self._workers[manifest.name] = worker
-            evicted = self._evict_beyond(self.max_workers)
-        for old in evicted:
-            old.stop()
-        return worker
+        while True:
+            with self._pool_lock:
+                if self._closed:
+                    raise SandboxError("the PluginHost is closed")
+                worker = self._workers.get(manifest.name)
+                if worker is not None and worker.alive:
+                    self._workers.move_to_end(manifest.name)
+                    return worker
+                self._workers.pop(manifest.name, None)
+                if self._slots_in_use() < self.max_workers:
+                    self._starting += 1
+                    break
+                if not self._workers:
+                    # Every slot is held by a worker being started or
+                    # stopped by another thread.
+                    self._pool_changed.wait()
+                    continue
+                _, victim = self._workers.popitem(last=False)
+                self._stopping += 1
+            self._stop_pooled(victim)
+        return self._start_worker(manifest)
 
-    def _evict_beyond(self, keep: int) -> list[WorkerProcess]:
-        evicted = []
-        while len(self._workers) > keep:
-            _, worker = self._workers.popitem(last=False)
-            evicted.append(worker)
-        return evicted
+    def _slots_in_use(self) -> int:
+        return len(self._workers) + self._starting + self._stopping
+
+    def _stop_pooled(self, worker: WorkerProcess) -> None:
+        """Stop a worker taken out of the pool, after its current call."""
+        try:
+            worker.stop()
+        finally:
+            with self._pool_lock:
+                self._stopping -= 1
+                self._pool_changed.notify_all()
+
+    def _start_worker(self, manifest: PluginManifest) -> WorkerProcess:
+        """Start a worker in the slot reserved by _worker() and pool it."""
+        try:
+            worker = WorkerProcess(
+                self._config(manifest),
+                self._granted(manifest),
+                self._broker,
+                self.audit,
+            )
+            worker.start(self._spawn)
+        except BaseException:
+            with self._pool_lock:
+                self._starting -= 1
+                self._pool_changed.notify_all()
+            raise
+        with self._pool_lock:
+            self._starting -= 1
+            closed = self._closed
+            if not closed:
+                self._workers[manifest.name] = worker
+            self._pool_changed.notify_all()
+        if closed:
+            # close() ran during the start and could not see this worker.
+            worker.stop()
+            raise SandboxError("the PluginHost is closed")
+        return worker
 
     def _spawn(self, request: SpawnRequest) -> SpawnedProcess:
         return self._spawner.submit(launcher.spawn, request).result()
@@ -248,7 +308,14 @@ class PluginHost:
         return seconds
 
     def _resources(self, plugin: str) -> Resources:
-        return self.policies.effective_resources(plugin, self._host_defaults)
+        # Policies are immutable, and merging them costs more than a call.
+        limits = self._resource_cache.get(plugin)
+        if limits is None:
+            limits = self.policies.effective_resources(
+                plugin, self._host_defaults
+            )
+            self._resource_cache[plugin] = limits
+        return limits
 
     # -- capabilities --------------------------------------------------------
 
@@ -299,3 +366,14 @@ class PluginHost:
                 f"plugin {plugin!r}"
             )
         return os.environ.get(name)
+
+
+def _arguments(params: object) -> dict[str, Any]:
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise ProtocolError(
+            "params must be a mapping of argument names to values or None, "
+            f"got {type(params).__name__}"
+        )
+    return dict(params)

@@ -7,10 +7,11 @@ fork, so that the C side never allocates between fork and execve.
 from __future__ import annotations
 
 import enum
-import importlib
 import errno as errnos
+import importlib
 import os
 import resource
+import signal
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -105,7 +106,13 @@ def spawn(request: SpawnRequest) -> SpawnedProcess:
     try:
         if pid < 0:
             raise LaunchError("fork", -pid)
-        pidfd = _open_pidfd(pid)
+        try:
+            pidfd = _open_pidfd(pid)
+        except OSError:
+            _raise_for_failure(read_end, pid, None)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
         _raise_for_failure(read_end, pid, pidfd)
     finally:
         os.close(read_end)

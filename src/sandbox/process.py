@@ -1,6 +1,8 @@
 """One worker process seen from the host: start, call, stop, diagnose.
 
-Calls are serialised by the caller (PluginHost holds a lock per worker).
+Calls are serialised by the caller (PluginHost holds a lock per plugin).
+stop() may come from another thread, for example when the pool makes room.
+It waits for the call in progress, or kills the worker to end that call.
 Every way a worker can fail during a call ends in one typed error.
 """
 
@@ -10,6 +12,7 @@ import contextlib
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +41,10 @@ STOP_GRACE = 1.0
 LOG_TAIL_BYTES = 4096
 
 
+class WorkerStopped(SandboxError):
+    """Another thread stopped the worker before this call began."""
+
+
 class WorkerProcess:
     """A started worker and its channel; a dead one stays dead."""
 
@@ -59,6 +66,13 @@ class WorkerProcess:
         self.status: dict[str, Any] = {}
         self.alive = False
         self._last_pid = -1
+        self._reaped_pidfd: int | None = None
+        # Held for a whole call, so that a stop() from another thread never
+        # closes descriptors that the call is still using.
+        self._in_call = threading.Lock()
+        # Orders a kill from another thread before the reap, so that the
+        # signal can never reach a reaped pid that was reused.
+        self._reap_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -113,8 +127,23 @@ class WorkerProcess:
         )
         return rpc.Channel(transport, max_message_bytes=limit)
 
-    def stop(self) -> None:
-        """Ask the worker to exit, kill it if it does not, and clean up."""
+    def stop(self, *, interrupt: bool = False) -> None:
+        """Ask the worker to exit, kill it if it does not, and clean up.
+
+        A call in progress on another thread is waited for, unless
+        ``interrupt`` is set. Then the worker is killed at once, so that
+        call raises PluginCrashed.
+        """
+        if not self._in_call.acquire(blocking=False):
+            if interrupt:
+                self._kill()
+            self._in_call.acquire()
+        try:
+            self._shut_down()
+        finally:
+            self._in_call.release()
+
+    def _shut_down(self) -> None:
         if self.alive and self._channel is not None:
             try:
                 self._channel.send_request("sandbox.shutdown", {})
@@ -137,19 +166,25 @@ class WorkerProcess:
         poller.register(self._process.pidfd, select.POLLIN)
         poller.poll(seconds * 1000)
 
+    def _kill(self) -> None:
+        with self._reap_lock:
+            if self._process is not None:
+                # The worker leads its own session and process group; killing
+                # the group takes its children too (not those that left it).
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._process.pid, signal.SIGKILL)
+
     def _kill_and_reap(self) -> tuple[int, Any]:
         assert self._process is not None
         process = self._process
-        # The worker leads its own session and process group; killing the
-        # group takes its children too (not those that left the group).
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        _, status, usage = os.wait4(process.pid, 0)
+        self._kill()
+        with self._reap_lock:
+            _, status, usage = os.wait4(process.pid, 0)
+            self._process = None
         self.alive = False
-        if process.pidfd is not None:
-            os.close(process.pidfd)
-            process.pidfd = None
-        self._process = None
+        # The channel polls the pidfd, so it closes in _release, after the
+        # channel: a number closed first could be reused by another file.
+        self._reaped_pidfd, process.pidfd = process.pidfd, None
         self._last_pid = process.pid
         return status, usage
 
@@ -157,6 +192,9 @@ class WorkerProcess:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+        if self._reaped_pidfd is not None:
+            os.close(self._reaped_pidfd)
+            self._reaped_pidfd = None
         plan, self._plan = self._plan, None
         if plan is not None:
             os.close(plan.log_fd)
@@ -166,11 +204,28 @@ class WorkerProcess:
     # -- calls -------------------------------------------------------------
 
     def call(self, method: str, params: Any, timeout: float) -> Any:
-        """Run one call; raise a typed error for every kind of failure."""
+        """Run one call; raise a typed error for every kind of failure.
+
+        Raises WorkerStopped, with nothing sent, if another thread stopped
+        the worker first.
+        """
+        with self._in_call:
+            if self._channel is None:
+                raise WorkerStopped(
+                    f"the worker of plugin {self.name!r} was stopped"
+                )
+            return self._call(method, params, timeout)
+
+    def _call(self, method: str, params: Any, timeout: float) -> Any:
         assert self._channel is not None
         deadline = time.monotonic() + timeout
         try:
+            # A ProtocolError raised here is about the caller's params and
+            # comes before any byte is sent, so the worker is left running.
             call_id = self._channel.send_request(method, params)
+        except rpc.PeerGone:
+            raise self._death_error() from None
+        try:
             return self._await_reply(call_id, deadline)
         except TimeoutError:
             self._fail()
@@ -257,6 +312,9 @@ class WorkerProcess:
         """Reap a worker that died mid-call and say why it died."""
         if self._process is None:
             return PluginCrashed(self.name, detail="worker already stopped")
+        # The stream ends while an exiting interpreter still runs its
+        # cleanup, so killing it at once would hide its exit code.
+        self._wait_exit(STOP_GRACE)
         status, usage = self._kill_and_reap()
         log = self._log_tail()
         self._release()

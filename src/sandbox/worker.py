@@ -30,6 +30,12 @@ CHANNEL_FD = 3
 BOOTSTRAP_FD = 4
 BOOTSTRAP_LIMIT = 1 << 20
 
+# Bounds of an error reply that did not fit max_message_bytes. Even after
+# JSON escaping, such a reply fits the smallest limit a policy allows
+# (1024 bytes).
+_SHORT_MESSAGE_CHARS = 200
+_SHORT_TYPE_CHARS = 100
+
 # Exceptions a plugin raises when the kernel enforces one of its limits.
 _LIMIT_ERRNOS = {
     errno.EMFILE: "file_descriptors",
@@ -106,17 +112,44 @@ class Server:
         try:
             result = self.dispatch(request.method, request.params)
         except _Reply as reply:
-            self.channel.send_error(request.id, *reply.args)
+            self.send_error(request.id, *reply.args)
             return
         except Exception as error:  # reported to the host
-            self.channel.send_error(request.id, *_describe(error))
+            self.send_error(request.id, *_describe(error))
             return
         try:
             self.channel.send_result(request.id, result)
         except ProtocolError as error:
-            self.channel.send_error(
+            self.send_error(
                 request.id, rpc.PLUGIN_ERROR, str(error), _as_data(error)
             )
+
+    def send_error(
+        self, request_id: int, code: int, message: str, data: Any = None
+    ) -> None:
+        """Send an error reply, cut down if the full one cannot be sent.
+
+        A long message or traceback can exceed max_message_bytes, and a
+        message with a lone surrogate cannot be encoded. The cut-down reply
+        keeps the code, the error type and the limit that was hit.
+        """
+        try:
+            self.channel.send_error(request_id, code, message, data)
+            return
+        except ProtocolError:
+            pass
+        short_data = {}
+        if isinstance(data, dict):
+            if "type" in data:
+                short_data["type"] = _printable(
+                    str(data["type"]), _SHORT_TYPE_CHARS
+                )
+            if "limit" in data:
+                short_data["limit"] = _printable(
+                    str(data["limit"]), _SHORT_TYPE_CHARS
+                )
+        short = _printable(message, _SHORT_MESSAGE_CHARS)
+        self.channel.send_error(request_id, code, short, short_data or None)
 
     def dispatch(self, method: str, params: Any) -> Any:
         if method == "sandbox.hello":
@@ -177,6 +210,15 @@ def _describe(error: BaseException) -> tuple[int, str, dict[str, Any]]:
         data["limit"] = limit
         return rpc.RESOURCE_LIMIT, str(error) or type(error).__name__, data
     return rpc.PLUGIN_ERROR, str(error), data
+
+
+def _printable(text: str, max_chars: int) -> str:
+    """Return ``text`` as printable ASCII of at most ``max_chars``."""
+    escaped = text.encode("ascii", "backslashreplace").decode("ascii")
+    printable = "".join(c if c.isprintable() else "?" for c in escaped)
+    if len(printable) <= max_chars:
+        return printable
+    return printable[: max_chars - 3] + "..."
 
 
 def _limit_hit(error: BaseException) -> str | None:
