@@ -45,21 +45,50 @@ report_failure(int error_fd, int stage, int error)
 	_exit(127);
 }
 
+/*
+ * Sets one signal to SIG_DFL.  glibc's sigaction() rejects the real-time
+ * numbers it reserves (32 and 33), yet a caller's own parent may have
+ * left them ignored, so x86_64 and aarch64 call the kernel directly: their
+ * struct sigaction is handler, flags, restorer, mask.
+ */
+static int
+default_signal(int sig)
+{
+#if defined(__linux__) && (defined(__x86_64__) || defined(__aarch64__))
+	struct {
+		void *handler;
+		unsigned long flags;
+		void *restorer;
+		unsigned long mask;
+	} action = {SIG_DFL, 0, NULL, 0};
+
+	if (syscall(SYS_rt_sigaction, sig, &action, NULL,
+		    sizeof(action.mask)) < 0)
+		return errno;
+	return 0;
+#else
+	struct sigaction action = {0};
+
+	action.sa_handler = SIG_DFL;
+	if (sigaction(sig, &action, NULL) < 0 && errno != EINVAL)
+		return errno;
+	return 0;
+#endif
+}
+
 static int
 reset_signals(void)
 {
-	struct sigaction action = {0};
 	sigset_t none;
-	int sig;
+	int error, sig;
 
 	/* Python ignores SIGPIPE, and ignored signals survive execve. */
-	action.sa_handler = SIG_DFL;
 	for (sig = 1; sig < NSIG; sig++) {
 		if (sig == SIGKILL || sig == SIGSTOP)
 			continue;
-		/* Numbers glibc reserves for itself fail with EINVAL. */
-		if (sigaction(sig, &action, NULL) < 0 && errno != EINVAL)
-			return errno;
+		error = default_signal(sig);
+		if (error != 0)
+			return error;
 	}
 	sigemptyset(&none);
 	if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
