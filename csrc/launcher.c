@@ -374,12 +374,13 @@ install_seccomp(const struct sandbox_spawn_args *args)
 	} while (0)
 
 /*
- * The order matters.  Descriptors close before any limit so that NOFILE
- * cannot fail on them; rlimits come before the uid drop because a lowered
- * hard limit cannot be raised afterwards; groups and gid change before
- * the uid, which removes the right to change them; no_new_privs precedes
- * Landlock and seccomp, which require it; seccomp comes last because its
- * filter could deny the calls that set up the rest.
+ * The order matters:
+ * - descriptors close before any limit, so NOFILE cannot fail on them;
+ * - the capability bounding set empties while CAP_SETPCAP is still held;
+ * - groups and gid change before the uid, which removes the right to;
+ * - no_new_privs precedes Landlock and seccomp, which require it;
+ * - seccomp comes last, because its filter could deny the calls that set
+ *   up the rest.
  */
 static void
 child_main(const struct sandbox_spawn_args *args)

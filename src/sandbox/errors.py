@@ -8,7 +8,7 @@ class SandboxError(Exception):
 
 
 class PolicyError(SandboxError):
-    """A policy or manifest is invalid, or asks for what cannot be given.
+    """A policy or manifest is invalid or requests what cannot be given.
 
     ``source`` is the file (or ``"<dict>"``), ``plugin`` the plugin name and
     ``key`` the dotted key that was wrong; each may be None when unknown.
@@ -82,14 +82,14 @@ def _crash_text(
 
     if signal is not None:
         try:
-            how = f"killed by {signals.Signals(signal).name}"
+            outcome = f"killed by {signals.Signals(signal).name}"
         except ValueError:
-            how = f"killed by signal {signal}"
+            outcome = f"killed by signal {signal}"
     elif exit_code is not None:
-        how = f"exited with code {exit_code}"
+        outcome = f"exited with code {exit_code}"
     else:
-        how = "stopped answering"
-    text = f"worker of plugin {plugin!r} {how}"
+        outcome = "stopped answering"
+    text = f"worker of plugin {plugin!r} {outcome}"
     return f"{text}: {detail}" if detail else text
 
 
@@ -128,7 +128,7 @@ class ProtocolError(SandboxError):
 
 
 class LaunchError(SandboxError):
-    """A worker could not be started; ``stage`` and ``errno`` say where."""
+    """A worker could not start; ``stage`` and ``errno`` locate the failure."""
 
     def __init__(self, stage: str, errno: int, detail: str = "") -> None:
         import os

@@ -309,7 +309,7 @@ class WorkerProcess:
         self._release()
 
     def _death_error(self) -> SandboxError:
-        """Reap a worker that died mid-call and say why it died."""
+        """Reap a worker that died mid-call; return the error to raise."""
         if self._process is None:
             return PluginCrashed(self.name, detail="worker already stopped")
         # The stream ends while an exiting interpreter still runs its

@@ -1,4 +1,4 @@
-"""What a worker needs from this machine: interpreter, paths and identity.
+"""The interpreter, paths and identity a worker needs from this machine.
 
 A worker runs as another uid under a Landlock ruleset, so everything it
 loads (the interpreter, its shared libraries, the standard library, this

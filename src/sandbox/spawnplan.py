@@ -41,7 +41,7 @@ class WorkerConfig:
 
 @dataclass
 class WorkerPlan:
-    """A ready SpawnRequest and the resources it holds until cleanup."""
+    """A ready SpawnRequest and the descriptors and folder it owns."""
 
     request: SpawnRequest
     host_socket: int
