@@ -1,7 +1,7 @@
 # make demo   set everything up, then run the bundled plugins
 # make test   set everything up, then run the whole test suite
 # make lint   ruff, mypy and clang-format checks
-# make bench  call latency and spawn time (benchmarks/)
+# make bench  the benchmark suite against baselines (benchmarks/)
 
 # Workers run as an unprivileged uid that must read the interpreter, so the
 # venv is built from a system interpreter outside /root when there is one.
@@ -11,6 +11,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 VENDOR := examples/plugins/markdown-render/vendor
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
 
 .PHONY: demo test lint bench setup clean check-readable native
@@ -19,8 +20,12 @@ demo: setup
 	$(VENV)/bin/sandbox verify
 	$(VENV)/bin/sandbox demo
 
+# The second run repeats the tests that start workers on the socketpair
+# channel; the first runs everything on the default (shared memory where
+# the machine supports it).
 test: setup
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q --transport stream -m uses_host
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples build_ffi.py
@@ -28,14 +33,14 @@ lint: setup
 	$(VENV)/bin/mypy
 	$(VENV)/bin/clang-format --dry-run --Werror csrc/*.c csrc/*.h
 
-bench: setup
-	$(PY) benchmarks/call_latency.py
+bench: setup $(BENCH_STAMP)
+	$(PY) benchmarks/suite.py
 
 setup: $(STAMP) $(VENDOR)/.installed check-readable
 
 # The libcap headers let pip build python-prctl, the optional extra that
 # the tests cover too. Only root can install them; others go without.
-$(STAMP): pyproject.toml setup.py build_ffi.py csrc/launcher.c csrc/launcher.h
+$(STAMP): pyproject.toml setup.py build_ffi.py $(wildcard csrc/*.[ch])
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
 	$(PIP) install setuptools wheel "cffi>=1.16"
 	if [ -n "$(IS_ROOT)" ] && ! [ -e /usr/include/sys/capability.h ]; then \
@@ -45,6 +50,11 @@ $(STAMP): pyproject.toml setup.py build_ffi.py csrc/launcher.c csrc/launcher.h
 	$(PIP) install --no-build-isolation -e ".[test,dev]"
 	if [ -e /usr/include/sys/capability.h ]; then \
 	    $(PIP) install -e ".[prctl]" --no-build-isolation; fi
+	touch $@
+
+# The bench extra brings matplotlib, which draws benchmarks/results/*.png.
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install --no-build-isolation -e ".[bench]"
 	touch $@
 
 $(VENDOR)/.installed: $(STAMP)

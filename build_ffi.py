@@ -1,4 +1,4 @@
-"""cffi builder for the launcher in csrc/, compiled as sandbox._native.
+"""cffi builder for the C code in csrc/, compiled as sandbox._native.
 
 Environment switches, read once here:
   SANDBOX_CFLAGS  extra compiler flags, split on white space (e.g. "-O0 -g").
@@ -13,8 +13,8 @@ from pathlib import Path
 from cffi import FFI
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-HEADERS = ("launcher.h",)
-SOURCES = ("launcher.c",)
+HEADERS = ("launcher.h", "jsonscan.h", "ring.h")
+SOURCES = ("launcher.c", "jsonscan.c", "ring.c")
 
 
 def cdef_from_header(text: str) -> str:

@@ -24,6 +24,31 @@ EXAMPLES = REPO / "examples"
 IS_ROOT = os.geteuid() == 0
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--transport",
+        choices=("auto", "shm", "stream"),
+        default="auto",
+        help="channel of the hosts that make_host builds: shared-memory "
+        "rings, a socketpair, or auto (rings where supported); "
+        "default: auto",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "uses_host: starts workers through make_host, so --transport "
+        "applies (set on every such test)",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "make_host" in getattr(item, "fixturenames", ()):
+            item.add_marker("uses_host")
+
+
 @pytest.fixture
 def plugin_root() -> Iterator[Path]:
     """Return a fresh folder, readable by every uid, for test plugins."""
@@ -67,9 +92,16 @@ HostFactory = Callable[..., PluginHost]
 
 
 @pytest.fixture
-def make_host(plugin_root: Path) -> Iterator[HostFactory]:
-    """Build PluginHosts over ``plugin_root``; all are closed afterwards."""
+def make_host(
+    plugin_root: Path, pytestconfig: pytest.Config
+) -> Iterator[HostFactory]:
+    """Build PluginHosts over ``plugin_root`` and close them afterwards.
+
+    The hosts use the transport that --transport names unless a test
+    passes its own.
+    """
     hosts: list[PluginHost] = []
+    transport = pytestconfig.getoption("--transport")
 
     def make(
         policies: Mapping[str, Any] | None = None,
@@ -78,6 +110,7 @@ def make_host(plugin_root: Path) -> Iterator[HostFactory]:
         **options: Any,
     ) -> PluginHost:
         policy_set = Policy.from_dict(policies) if policies else None
+        options.setdefault("transport", transport)
         host = PluginHost(plugin_dirs or [plugin_root], policy_set, **options)
         hosts.append(host)
         return host

@@ -30,12 +30,14 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .aio import AsyncPluginHost
     from .host import PluginHost
     from .policy import Policy, PolicySet, Resources
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "AsyncPluginHost": "aio",
     "PluginHost": "host",
     "Policy": "policy",
     "PolicySet": "policy",
@@ -43,6 +45,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "AsyncPluginHost",
     "CapabilityDenied",
     "LaunchError",
     "PluginCrashed",
