@@ -32,6 +32,7 @@ from sandbox import (
     PolicyViolation,
     ProtocolError,
 )
+from sandbox.spawnplan import WORKER_BASE_ENVIRONMENT
 
 IS_ROOT = os.geteuid() == 0
 NOBODY = 65534
@@ -42,6 +43,7 @@ import ctypes
 import errno
 import os
 import socket
+import time
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -159,8 +161,43 @@ def fail(text, repeat, lone_surrogate):
 
 
 def write_channel(data_hex):
-    # Descriptor 3 is the worker's end of the channel to the host.
-    return os.write(3, bytes.fromhex(data_hex))
+    data = bytes.fromhex(data_hex)
+    rings = _shared_rings()
+    if rings is None:
+        # Descriptor 3 is the worker's end of the socket to the host.
+        return os.write(3, data)
+    _write_to_host_ring(rings, data)
+    # The worker's own reply would overwrite these bytes, so wait for the
+    # host to kill the worker first.
+    time.sleep(60)
+
+
+def _shared_rings():
+    # A plugin can reach the mapping as native code could; gc finds it
+    # without /proc, which Landlock hides.
+    import gc
+
+    for thing in gc.get_objects():
+        if type(thing).__name__ == "ShmTransport":
+            from sandbox.shm import ffi
+
+            return int(ffi.cast("uintptr_t", thing._segment.base))
+    return None
+
+
+def _write_to_host_ring(base, data):
+    # Offsets and the wake-up as csrc/ring.h lays them out.
+    to_worker = ctypes.c_uint64.from_address(base + 8).value
+    to_host = ctypes.c_uint64.from_address(base + 16).value
+    control = base + 512
+    producer = ctypes.c_uint64.from_address(control)
+    area = base + 4096 + to_worker
+    for index, byte in enumerate(data, producer.value):
+        ctypes.c_uint8.from_address(area + index % to_host).value = byte
+    producer.value += len(data)
+    ctypes.c_uint32.from_address(control + 132).value += 1
+    futex = {"x86_64": 202, "aarch64": 98}[os.uname().machine]
+    _libc.syscall(futex, ctypes.c_void_p(control + 132), 1, 2**31 - 1, 0)
 """
 PROBE_METHODS = [
     "read_file",
@@ -454,7 +491,9 @@ def test_tcp_connect_allowed_with_network(
 # (family, type) per case. Without the seccomp filter, AF_PACKET with a
 # valid type would still fail with EPERM because it needs CAP_NET_RAW.
 # Type 15 is invalid, so the kernel alone would give EINVAL instead.
+# AF_UNIX is denied too: it would reach the host's unix sockets.
 SOCKET_CASES = {
+    "AF_UNIX": (socket.AF_UNIX, socket.SOCK_STREAM),
     "AF_INET": (socket.AF_INET, socket.SOCK_STREAM),
     "AF_INET6": (socket.AF_INET6, socket.SOCK_STREAM),
     "AF_PACKET": (17, 15),
@@ -551,12 +590,14 @@ def test_environment_only_policy_names(
     # CPython itself may add LC_CTYPE when it coerces the C locale to
     # C.UTF-8 (PEP 538); /proc/PID/environ below shows what it was given.
     seen.pop("LC_CTYPE", None)
-    assert seen == {"SANDBOX_TEST_VISIBLE": "listed"}
+    expected = {**WORKER_BASE_ENVIRONMENT, "SANDBOX_TEST_VISIBLE": "listed"}
+    assert seen == expected
     if not IS_ROOT:
         return  # only root may read a non-dumpable process's environ
     environ = Path(f"/proc/{worker_pid(host, 'envprobe')}/environ")
     entries = environ.read_bytes().split(b"\0")
-    assert [e for e in entries if e] == [b"SANDBOX_TEST_VISIBLE=listed"]
+    given = sorted(e.decode() for e in entries if e)
+    assert given == sorted(f"{k}={v}" for k, v in expected.items())
 
 
 # -- messages -----------------------------------------------------------------

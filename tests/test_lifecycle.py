@@ -34,6 +34,7 @@ from sandbox import (
     PluginNotFound,
     PluginTimeout,
     Policy,
+    PolicyError,
     ProtocolError,
     ResourceLimitExceeded,
     SandboxError,
@@ -795,9 +796,54 @@ def test_worker_keeps_only_its_descriptors(
         host = make_host()
         pid = host.execute_plugin("faulty", "pid")
         descriptors = worker_descriptors(pid)
-        channel_target = os.readlink(f"/proc/{pid}/fd/3")
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        channel_target = (
+            os.readlink(f"/proc/{pid}/fd/3") if 3 in descriptors else ""
+        )
     finally:
         os.close(inherited)
 
-    assert descriptors == [0, 1, 2, 3]
-    assert channel_target.startswith("socket:")
+    if host.transport == "shm":
+        # The worker closes the memfd once it has mapped the rings.
+        assert descriptors == [0, 1, 2]
+        assert "/memfd:sandbox-channel" in maps
+    else:
+        assert descriptors == [0, 1, 2, 3]
+        assert channel_target.startswith("socket:")
+
+
+def test_printing_plugin_stays_under_file_limit(
+    write_plugin: PluginWriter, make_host: HostFactory
+) -> None:
+    write_plugin(
+        "chatty",
+        """
+        import sys
+
+        def talk(size):
+            sys.stdout.write("x" * size)
+            sys.stdout.flush()
+            return size
+        """,
+        ["talk"],
+    )
+    host = make_host(
+        {"plugins": {"chatty": {"resources": {"file_size_mb": 2}}}}
+    )
+    # 12 MiB of output in all, six times the worker's file size limit.
+    for _ in range(24):
+        assert host.execute_plugin("chatty", "talk", {"size": 512 * 1024}) > 0
+
+
+def test_broken_manifest_spares_other_plugins(
+    write_plugin: PluginWriter, make_host: HostFactory, plugin_root: Path
+) -> None:
+    write_plugin("healthy", "def ping():\n    return 'pong'\n", ["ping"])
+    broken = write_plugin("broken", "def ping():\n    return 1\n", ["ping"])
+    (broken / "plugin.toml").write_text('name = "broken"\nentry = 5\n')
+    host = make_host()
+    assert host.execute_plugin("healthy", "ping") == "pong"
+    with pytest.raises(PolicyError) as caught:
+        host.execute_plugin("broken", "ping")
+    assert "plugin.toml" in str(caught.value)
+    assert caught.value.key is not None

@@ -626,13 +626,25 @@ def test_bad_user_rejected(user: Any) -> None:
     assert "user name" in error.reason
 
 
-@pytest.mark.parametrize(
-    "user", ["nobody", "_svc", "a-b_c", "a" * 32, 0, 65534, 2**31 - 2]
-)
+@pytest.mark.parametrize("user", ["nobody", 1, 65534, 2**31 - 2])
 def test_good_user_accepted(user: str | int) -> None:
     assert Policy.from_dict(plugin({"user": user})).for_plugin("x").user == (
         user
     )
+
+
+@pytest.mark.parametrize("user", ["root", 0])
+def test_root_user_rejected(user: str | int) -> None:
+    error = rejected(plugin({"user": user}))
+    assert error.key == "plugins.x.user"
+    assert "never run as root" in error.reason
+
+
+@pytest.mark.parametrize("user", ["_svc", "a-b_c", "a" * 32])
+def test_unknown_user_rejected(user: str) -> None:
+    error = rejected(plugin({"user": user}))
+    assert error.key == "plugins.x.user"
+    assert "does not exist" in error.reason
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ not only the process.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import weakref
@@ -24,7 +25,9 @@ from . import launcher
 from .audit import AuditEvent, AuditLog
 from .errors import (
     CapabilityDenied,
+    PluginCrashed,
     PluginNotFound,
+    PolicyError,
     ProtocolError,
     SandboxError,
 )
@@ -38,11 +41,16 @@ from .runtime import (
     resolve_interpreter,
     worker_runtime,
 )
-from .spawnplan import WorkerConfig
+from .shm import WorkerDeathMonitor, resolve_transport
+from .spawnplan import WorkerConfig, sweep_scratch_root
+
+logger = logging.getLogger("sandbox.host")
 
 CapabilityHandler = Callable[[str, dict[str, Any]], Any]
 NOTIFY_LEVELS = ("debug", "info", "warning", "error")
 MAX_NOTIFICATION_CHARS = 4096
+NOTIFICATIONS_KEPT = 1000
+NOTIFICATIONS_PER_PLUGIN = 100
 
 # Hosts not closed yet. When the interpreter exits, the parent-death signal
 # ends their workers, but only close() removes their scratch folders.
@@ -77,6 +85,8 @@ class PluginHost:
         resources: Resources | None = None,
         python: str | None = None,
         scratch_root: str | None = None,
+        transport: str = "auto",
+        strict: bool = True,
     ) -> None:
         if max_workers < 1:
             raise ValueError(
@@ -86,8 +96,15 @@ class PluginHost:
             raise ValueError(
                 f"worker_timeout must be positive, got {worker_timeout}"
             )
+        # "shm" (rings in shared memory), "stream" (a socketpair) or
+        # "auto": shm where this machine supports it.
+        self.transport = resolve_transport(transport)
         self.policies = policies if policies is not None else PolicySet.empty()
-        self.plugins: dict[str, PluginManifest] = discover_plugins(plugin_dirs)
+        # Invalid manifests, by folder name: calling one raises its error.
+        self.plugin_errors: dict[str, PolicyError] = {}
+        self.plugins: dict[str, PluginManifest] = discover_plugins(
+            plugin_dirs, errors=self.plugin_errors
+        )
         self.max_workers = max_workers
         self.worker_timeout = worker_timeout
         # Precedence: built-in defaults, then worker_timeout, then the
@@ -99,14 +116,23 @@ class PluginHost:
         self.scratch_root = scratch_root or os.path.join(
             "/tmp", f"sandbox-scratch-{os.getuid()}"
         )
+        sweep_scratch_root(self.scratch_root)
+        # False: start plugins even where the kernel cannot enforce part of
+        # their policy, and report each gap as a protection_missing event.
+        self.strict = strict
         self.audit = AuditLog()
-        self.notifications: deque[Notification] = deque(maxlen=1000)
+        self.notifications: deque[Notification] = deque(
+            maxlen=NOTIFICATIONS_KEPT
+        )
         self._handlers: dict[str, CapabilityHandler] = {
             "notify": self._notify,
             "read_env": self._read_env,
         }
         self._workers: OrderedDict[str, WorkerProcess] = OrderedDict()
         self._call_locks: dict[str, threading.Lock] = {}
+        # The worker that each plugin's call in progress has reached, so
+        # that interrupt() finds it even after the pool evicted it.
+        self._busy_workers: dict[str, WorkerProcess] = {}
         self._pool_lock = threading.Lock()
         self._resource_cache: dict[str, Resources] = {}
         # Notified whenever a worker slot may have come free or the host
@@ -115,6 +141,10 @@ class PluginHost:
         self._starting = 0
         self._stopping = 0
         self._spawner = ThreadPoolExecutor(1, "sandbox-spawner")
+        # A futex wait cannot poll a pidfd, so one thread watches them all.
+        self._death_monitor = (
+            WorkerDeathMonitor() if self.transport == "shm" else None
+        )
         self._closed = False
         _unclosed_hosts.add(self)
 
@@ -145,18 +175,51 @@ class PluginHost:
         with self._call_lock(plugin):
             while True:
                 worker = self._worker(manifest)
+                with self._pool_lock:
+                    self._busy_workers[plugin] = worker
                 try:
                     return worker.call(method, arguments, seconds)
                 except WorkerStopped:
-                    # Another thread stopped this worker to make room
-                    # after the lookup. Nothing was sent, so retry.
+                    # Another thread stopped this worker after the lookup
+                    # and nothing was sent. Retry, unless interrupt() did.
+                    with self._pool_lock:
+                        interrupted = plugin not in self._busy_workers
+                    if interrupted:
+                        raise PluginCrashed(
+                            plugin, detail="the call was interrupted"
+                        ) from None
                     continue
+                finally:
+                    with self._pool_lock:
+                        self._busy_workers.pop(plugin, None)
 
     def worker_status(self, plugin: str) -> dict[str, Any]:
-        """Return the worker's report of its own credentials and state."""
+        """Return the worker's report of its own credentials and state.
+
+        The report comes from inside the sandbox, so plugin code can forge
+        it. Its ``"kernel"`` entry holds what the host itself read from
+        /proc/PID/status when the worker started.
+        """
         manifest = self._manifest(plugin)
         with self._call_lock(plugin):
-            return dict(self._worker(manifest).status)
+            worker = self._worker(manifest)
+            return {**worker.status, "kernel": dict(worker.kernel_status)}
+
+    def interrupt(self, plugin: str) -> bool:
+        """Kill the worker that runs a call to ``plugin``, ending the call.
+
+        The interrupted call raises PluginCrashed, and the next call starts
+        a new worker. Returns False, and kills nothing, while no call to
+        ``plugin`` has reached a worker, for example while one is starting.
+        """
+        self._manifest(plugin)
+        with self._pool_lock:
+            worker = self._busy_workers.pop(plugin, None)
+        if worker is None:
+            return False
+        self.audit.emit("call_interrupted", plugin, pid=worker.pid)
+        worker.stop(interrupt=True)
+        return True
 
     def register_capability(
         self, name: str, handler: CapabilityHandler
@@ -178,13 +241,28 @@ class PluginHost:
         """Stop every worker; safe to call more than once."""
         with self._pool_lock:
             self._closed = True
-            workers = list(self._workers.values())
+            # Busy workers that the pool evicted still run their call.
+            workers = {
+                id(worker): worker
+                for worker in [
+                    *self._workers.values(),
+                    *self._busy_workers.values(),
+                ]
+            }
             self._workers.clear()
             self._pool_changed.notify_all()
         _unclosed_hosts.discard(self)
-        for worker in workers:
-            worker.stop(interrupt=True)
-        self._spawner.shutdown(wait=True)
+        try:
+            for worker in workers.values():
+                # One worker's failure to stop must not leave the rest.
+                try:
+                    worker.stop(interrupt=True)
+                except Exception:
+                    logger.exception("stopping worker %d failed", worker.pid)
+        finally:
+            self._spawner.shutdown(wait=True)
+            if self._death_monitor is not None:
+                self._death_monitor.close()
 
     def __enter__(self) -> PluginHost:
         return self
@@ -196,6 +274,8 @@ class PluginHost:
 
     def _manifest(self, plugin: str) -> PluginManifest:
         manifest = self.plugins.get(plugin)
+        if manifest is None and plugin in self.plugin_errors:
+            raise self.plugin_errors[plugin]
         if manifest is None:
             known = ", ".join(sorted(self.plugins)) or "none"
             raise PluginNotFound(
@@ -256,6 +336,7 @@ class PluginHost:
                 self._granted(manifest),
                 self._broker,
                 self.audit,
+                self._death_monitor,
             )
             worker.start(self._spawn)
         except BaseException:
@@ -276,7 +357,12 @@ class PluginHost:
         return worker
 
     def _spawn(self, request: SpawnRequest) -> SpawnedProcess:
-        return self._spawner.submit(launcher.spawn, request).result()
+        try:
+            future = self._spawner.submit(launcher.spawn, request)
+        except RuntimeError:
+            # The spawner thread was shut down by a close() in between.
+            raise SandboxError("the PluginHost is closed") from None
+        return future.result()
 
     def _config(self, manifest: PluginManifest) -> WorkerConfig:
         policy = self.policies.for_plugin(manifest.name)
@@ -292,6 +378,8 @@ class PluginHost:
             identity=identity,
             runtime=runtime,
             scratch_root=self.scratch_root,
+            transport=self.transport,
+            strict=self.strict,
         )
 
     def _granted(self, manifest: PluginManifest) -> frozenset[str]:
@@ -322,22 +410,40 @@ class PluginHost:
     def _broker(
         self, plugin: str, capability: str, params: dict[str, Any]
     ) -> Any:
+        try:
+            handler = self._capability_handler(plugin, capability)
+            result = handler(plugin, params)
+        except CapabilityDenied as error:
+            self.audit.emit(
+                "capability_denied",
+                plugin,
+                capability=capability,
+                reason=str(error),
+            )
+            raise
+        self.audit.emit("capability_granted", plugin, capability=capability)
+        return result
+
+    def _capability_handler(
+        self, plugin: str, capability: str
+    ) -> CapabilityHandler:
         manifest = self._manifest(plugin)
         if capability not in self._granted(manifest):
-            self.audit.emit("capability_denied", plugin, capability=capability)
+            if capability in manifest.capabilities:
+                reason = "its policy does not grant it"
+            else:
+                reason = "its plugin.toml does not list it in capabilities"
             raise CapabilityDenied(
-                f"capability {capability!r} is not granted to plugin "
-                f"{plugin!r}"
+                f"capability {capability[:64]!r} is not available to plugin "
+                f"{plugin!r}: {reason}"
             )
         handler = self._handlers.get(capability)
         if handler is None:
-            self.audit.emit("capability_denied", plugin, capability=capability)
             raise CapabilityDenied(
-                f"capability {capability!r} has no handler in this host"
+                f"capability {capability!r} has no handler in this host; "
+                "register one with PluginHost.register_capability"
             )
-        result = handler(plugin, params)
-        self.audit.emit("capability_granted", plugin, capability=capability)
-        return result
+        return handler
 
     def _notify(self, plugin: str, params: dict[str, Any]) -> None:
         message = params.get("message")
@@ -354,13 +460,24 @@ class PluginHost:
             raise CapabilityDenied(
                 f"notify level must be one of {', '.join(NOTIFY_LEVELS)}"
             )
-        self.notifications.append(Notification(plugin, message, level))
+        self._keep_notification(Notification(plugin, message, level))
+
+    def _keep_notification(self, notification: Notification) -> None:
+        """Append to the bounded history, at most a share per plugin.
+
+        Without a share, one chatty plugin would push every other plugin's
+        notifications out of the history.
+        """
+        kept = self.notifications
+        mine = [n for n in kept if n.plugin == notification.plugin]
+        if len(mine) >= NOTIFICATIONS_PER_PLUGIN:
+            kept.remove(mine[0])
+        kept.append(notification)
 
     def _read_env(self, plugin: str, params: dict[str, Any]) -> str | None:
         name = params.get("name")
         allowed = self.policies.for_plugin(plugin).env
         if not isinstance(name, str) or name not in allowed:
-            self.audit.emit("capability_denied", plugin, capability="read_env")
             raise CapabilityDenied(
                 f"variable {str(name)[:64]!r} is not in the env allowlist of "
                 f"plugin {plugin!r}"

@@ -103,23 +103,33 @@ def load_manifest(folder: str | os.PathLike[str]) -> PluginManifest:
 
 def discover_plugins(
     plugin_dirs: Iterable[str | os.PathLike[str]],
+    *,
+    errors: dict[str, PolicyError] | None = None,
 ) -> dict[str, PluginManifest]:
     """Load every immediate subfolder of ``plugin_dirs`` with a plugin.toml.
 
     Returns the manifests by plugin name, in the order of ``plugin_dirs``
     and then of subfolder names. Two folders with the same plugin name
-    raise PolicyError, as does a plugin dir that is missing.
+    raise PolicyError, as does a plugin dir that is missing. With an
+    ``errors`` dict, a folder whose manifest is invalid is left out and its
+    error stored under the folder's name instead of raised, so that one
+    broken plugin does not stop the others.
     """
     if isinstance(plugin_dirs, (str, bytes, os.PathLike)):
         raise TypeError("plugin_dirs must be a list of folders, not one path")
     found: dict[str, PluginManifest] = {}
     for plugin_dir in plugin_dirs:
-        for manifest in _manifests_in(os.fspath(plugin_dir)):
-            _add_unique(found, manifest)
+        for folder in _plugin_folders(os.fspath(plugin_dir)):
+            try:
+                _add_unique(found, load_manifest(folder))
+            except PolicyError as error:
+                if errors is None:
+                    raise
+                errors[os.path.basename(folder)] = error
     return found
 
 
-def _manifests_in(plugin_dir: str) -> list[PluginManifest]:
+def _plugin_folders(plugin_dir: str) -> list[str]:
     if not os.path.isdir(plugin_dir):
         raise PolicyError(
             "the plugin folder does not exist or is not a folder; create "
@@ -135,7 +145,7 @@ def _manifests_in(plugin_dir: str) -> list[PluginManifest]:
             source=plugin_dir,
         ) from err
     return [
-        load_manifest(folder)
+        folder
         for folder in folders
         if os.path.lexists(os.path.join(folder, _MANIFEST_NAME))
     ]

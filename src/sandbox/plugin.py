@@ -46,10 +46,11 @@ def notify(message: str, level: str = "info") -> None:
 
 
 def read_env(name: str) -> str | None:
-    """Return a host environment variable the policy lists, else None.
+    """Return a host environment variable that the policy lists.
 
-    Needs capability ``read_env``; a name outside the policy's ``env``
-    list raises CapabilityDenied.
+    Returns None when the host does not have the variable. Needs capability
+    ``read_env``; a name outside the policy's ``env`` list raises
+    CapabilityDenied.
     """
     value = call_capability("read_env", name=name)
     return value if isinstance(value, str) else None

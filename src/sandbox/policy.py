@@ -24,6 +24,7 @@ import dataclasses
 import difflib
 import json
 import os
+import pwd
 import re
 import reprlib
 import sys
@@ -232,14 +233,33 @@ def _check_resource(key: str, value: object, where: _Where) -> int | float:
 
 def _check_user(value: object, where: _Where) -> str | int:
     if isinstance(value, str) and _USER_NAME.fullmatch(value):
-        return value
+        return _check_not_root(_known_user(value, where), value, where)
     if _is_int(value) and 0 <= value <= _MAX_UID:
-        return value
+        return _check_not_root(value, value, where)
     raise where.error(
         "expected a user name (1 to 32 characters from a-z 0-9 _ -, "
-        f"starting with a-z or _) or a uid from 0 to {_MAX_UID}, "
+        f"starting with a-z or _) or a uid from 1 to {_MAX_UID}, "
         f"got {_show(value)}"
     )
+
+
+def _known_user(name: str, where: _Where) -> int:
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        raise where.error(
+            f"user {name!r} does not exist on this machine; create it or "
+            "give a uid"
+        ) from None
+
+
+def _check_not_root(uid: int, value: str | int, where: _Where) -> str | int:
+    if uid == 0:
+        raise where.error(
+            f"plugins never run as root, got {_show(value)}; name an "
+            "unprivileged user"
+        )
+    return value
 
 
 def _check_unique_list(

@@ -9,8 +9,9 @@ Every way a worker can fail during a call ends in one typed error.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
-import shutil
 import signal
 import threading
 import time
@@ -21,6 +22,7 @@ from . import channel as rpc
 from .audit import AuditLog
 from .errors import (
     CapabilityDenied,
+    LaunchError,
     PluginCrashed,
     PluginError,
     PluginNotFound,
@@ -31,7 +33,16 @@ from .errors import (
     SandboxError,
 )
 from .launcher import SpawnedProcess, SpawnRequest
-from .spawnplan import WorkerConfig, WorkerPlan, bootstrap_bytes, plan_worker
+from .shm import ShmTransport, WorkerDeathMonitor
+from .spawnplan import (
+    WorkerConfig,
+    WorkerPlan,
+    bootstrap_bytes,
+    plan_worker,
+    remove_tree,
+)
+
+logger = logging.getLogger("sandbox.host")
 
 Spawner = Callable[[SpawnRequest], SpawnedProcess]
 CapabilityHandler = Callable[[str, dict[str, Any]], Any]
@@ -39,6 +50,15 @@ CapabilityHandler = Callable[[str, dict[str, Any]], Any]
 STARTUP_TIMEOUT = 30.0
 STOP_GRACE = 1.0
 LOG_TAIL_BYTES = 4096
+# The worker's output file counts against its RLIMIT_FSIZE, so the host
+# empties it before a call once it has grown past LOG_MAX_BYTES.
+LOG_MAX_BYTES = 1 << 20
+# Bounds the host's work for one call, and the audit events it writes.
+MAX_CAPABILITY_REQUESTS_PER_CALL = 4096
+# Limit names a worker may report; any other is a plugin error.
+REPORTABLE_LIMITS = frozenset(
+    {"memory_mb", "file_descriptors", "file_size_mb"}
+)
 
 
 class WorkerStopped(SandboxError):
@@ -54,16 +74,22 @@ class WorkerProcess:
         granted: frozenset[str],
         broker: Callable[[str, str, dict[str, Any]], Any],
         audit: AuditLog,
+        death_monitor: WorkerDeathMonitor | None = None,
     ) -> None:
         self.config = config
         self.name = config.manifest.name
         self.granted = granted
         self._broker = broker
         self._audit = audit
+        # Ends a shared-memory channel's waits when the worker dies.
+        self._death_monitor = death_monitor
         self._plan: WorkerPlan | None = None
         self._process: SpawnedProcess | None = None
         self._channel: rpc.Channel | None = None
+        # What the worker reports about itself: a plugin can forge it.
         self.status: dict[str, Any] = {}
+        # What the kernel reports in /proc/PID/status, read by the host.
+        self.kernel_status: dict[str, str] = {}
         self.alive = False
         self._last_pid = -1
         self._reaped_pidfd: int | None = None
@@ -80,6 +106,7 @@ class WorkerProcess:
         """Spawn the worker and wait until it has loaded its plugin."""
         self._plan = plan = plan_worker(self.config)
         try:
+            self._check_landlock(plan)
             self._process = spawner(plan.request)
         except BaseException:
             plan.close_child_side()
@@ -87,10 +114,17 @@ class WorkerProcess:
             raise
         plan.close_child_side()
         self.alive = True
-        self._send_bootstrap(plan)
-        self._channel = self._open_channel(plan)
         try:
-            self.status = self.call("sandbox.hello", {}, STARTUP_TIMEOUT)
+            self._send_bootstrap(plan)
+            self._channel = self._open_channel(plan)
+            status = self.call("sandbox.hello", {}, STARTUP_TIMEOUT)
+            if not isinstance(status, dict):
+                raise ProtocolError(
+                    f"worker of plugin {self.name!r} sent a hello reply "
+                    f"that is not an object: {type(status).__name__}"
+                )
+            self.status = status
+            self.kernel_status = read_kernel_status(self.pid)
         except BaseException:
             self.stop()
             raise
@@ -98,9 +132,29 @@ class WorkerProcess:
             "worker_started",
             self.name,
             pid=self.pid,
-            uid=self.status.get("uid"),
+            uid=self.kernel_status.get("Uid"),
+            seccomp=self.kernel_status.get("Seccomp"),
+            no_new_privs=self.kernel_status.get("NoNewPrivs"),
             landlock_abi=getattr(plan.landlock_report, "abi", 0),
         )
+
+    def _check_landlock(self, plan: WorkerPlan) -> None:
+        """Reject, in strict mode, a ruleset that leaves rights unhandled."""
+        report = plan.landlock_report
+        missing = tuple(report.missing) if report is not None else ()
+        if not missing:
+            return
+        self._audit.emit(
+            "protection_missing", self.name, layer="landlock", missing=missing
+        )
+        if self.config.strict:
+            raise LaunchError(
+                "landlock",
+                errno.EOPNOTSUPP,
+                f"this kernel's Landlock ABI cannot enforce "
+                f"{', '.join(missing)}; pass strict=False to PluginHost to "
+                "run plugins with that gap",
+            )
 
     @property
     def pid(self) -> int:
@@ -110,7 +164,7 @@ class WorkerProcess:
         try:
             os.write(
                 plan.bootstrap_write,
-                bootstrap_bytes(self.config, self.granted),
+                bootstrap_bytes(self.config, self.granted, plan.channel),
             )
         finally:
             os.close(plan.bootstrap_write)
@@ -118,13 +172,23 @@ class WorkerProcess:
     def _open_channel(self, plan: WorkerPlan) -> rpc.Channel:
         assert self._process is not None
         limit = self.config.policy.max_message_bytes
-        wake = [self._process.pidfd] if self._process.pidfd is not None else []
-        transport = rpc.StreamTransport(
-            plan.host_socket,
-            plan.host_socket,
-            max_message_bytes=limit,
-            wake_fds=wake,
-        )
+        pidfd = self._process.pidfd
+        transport: rpc.Transport
+        if plan.channel_segment is not None:
+            transport = ShmTransport(
+                plan.channel_segment,
+                max_message_bytes=limit,
+                pidfd=pidfd,
+                monitor=self._death_monitor,
+            )
+        else:
+            assert plan.host_socket is not None
+            transport = rpc.StreamTransport(
+                plan.host_socket,
+                plan.host_socket,
+                max_message_bytes=limit,
+                wake_fds=[] if pidfd is None else [pidfd],
+            )
         return rpc.Channel(transport, max_message_bytes=limit)
 
     def stop(self, *, interrupt: bool = False) -> None:
@@ -152,7 +216,7 @@ class WorkerProcess:
                 pass
         if self._process is not None:
             self._kill_and_reap()
-            self._audit.emit("worker_stopped", self.name, pid=self.pid)
+            self._audit.emit("worker_stopped", self.name, pid=self._last_pid)
         self._release()
 
     def _wait_exit(self, seconds: float) -> None:
@@ -197,8 +261,11 @@ class WorkerProcess:
             self._reaped_pidfd = None
         plan, self._plan = self._plan, None
         if plan is not None:
+            if plan.channel_segment is not None:
+                # Already unmapped if a transport was made, else here.
+                plan.channel_segment.close()
             os.close(plan.log_fd)
-            shutil.rmtree(plan.scratch, ignore_errors=True)
+            remove_tree(plan.scratch)
         self.alive = False
 
     # -- calls -------------------------------------------------------------
@@ -225,6 +292,11 @@ class WorkerProcess:
             call_id = self._channel.send_request(method, params)
         except rpc.PeerGone:
             raise self._death_error() from None
+        except ProtocolError as error:
+            raise ProtocolError(
+                f"call {method[:64]!r} of plugin {self.name!r}: {error}"
+            ) from error
+        self._trim_log()
         try:
             return self._await_reply(call_id, deadline)
         except TimeoutError:
@@ -242,19 +314,33 @@ class WorkerProcess:
 
     def _await_reply(self, call_id: int, deadline: float) -> Any:
         assert self._channel is not None
+        served = 0
         while True:
-            remaining = max(0.0, deadline - time.monotonic())
+            # Checked even when data is waiting: a worker that sends
+            # requests without pause must still meet the call's deadline.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
             message = self._channel.receive(remaining)
             if rpc.is_request(message):
-                self._serve_capability(rpc.validate_request(message))
+                served += 1
+                if served > MAX_CAPABILITY_REQUESTS_PER_CALL:
+                    raise ProtocolError(
+                        "worker sent more than "
+                        f"{MAX_CAPABILITY_REQUESTS_PER_CALL} capability "
+                        "requests in one call"
+                    )
+                self._serve_capability(rpc.validate_request(message), deadline)
                 continue
             reply = rpc.validate_response(message, call_id)
             if reply.error is None:
                 return reply.result
             raise self._reply_error(reply.error)
 
-    def _serve_capability(self, request: rpc.Request) -> None:
+    def _serve_capability(self, request: rpc.Request, deadline: float) -> None:
         assert self._channel is not None
+        channel = self._channel
+        timeout = max(0.0, deadline - time.monotonic())
         prefix = "capability."
         if not request.method.startswith(prefix):
             raise ProtocolError(
@@ -263,42 +349,52 @@ class WorkerProcess:
             )
         capability = request.method[len(prefix) :]
         if not isinstance(request.params, dict):
-            self._channel.send_error(
-                request.id, rpc.INVALID_PARAMS, "params must be an object"
+            channel.send_error(
+                request.id,
+                rpc.INVALID_PARAMS,
+                "params must be an object",
+                timeout=timeout,
             )
             return
         try:
             result = self._broker(self.name, capability, request.params)
         except CapabilityDenied as error:
-            self._channel.send_error(
-                request.id, rpc.CAPABILITY_DENIED, str(error)
+            channel.send_error(
+                request.id, rpc.CAPABILITY_DENIED, str(error), timeout=timeout
             )
             return
         except Exception as error:  # a handler bug fails this call only
-            self._channel.send_error(
-                request.id, rpc.INTERNAL_ERROR, f"capability failed: {error}"
+            channel.send_error(
+                request.id,
+                rpc.INTERNAL_ERROR,
+                f"capability failed: {error}",
+                timeout=timeout,
             )
             return
-        self._channel.send_result(request.id, result)
+        channel.send_result(request.id, result, timeout=timeout)
 
     def _reply_error(self, error: dict[str, Any]) -> SandboxError:
-        code, message = error["code"], error["message"]
+        code = error["code"]
+        message = printable(error["message"], MAX_WORKER_TEXT)
         data = error.get("data")
         if not isinstance(data, dict):
             data = {}
         if code == rpc.CAPABILITY_DENIED:
             return CapabilityDenied(message)
-        if code == rpc.RESOURCE_LIMIT:
-            limit = str(data.get("limit", "unknown"))
-            self._audit.emit("limit_hit", self.name, limit=limit)
+        limit = data.get("limit")
+        if code == rpc.RESOURCE_LIMIT and limit in REPORTABLE_LIMITS:
+            # The worker's own report: the host saw no kernel signal.
+            self._audit.emit(
+                "limit_hit", self.name, limit=limit, reported_by="worker"
+            )
             return ResourceLimitExceeded(self.name, limit, message)
         if code == rpc.METHOD_NOT_FOUND:
             return PluginNotFound(f"plugin {self.name!r}: {message}")
         return PluginError(
             self.name,
-            str(data.get("type", "Error")),
+            printable(str(data.get("type", "Error")), 100),
             message,
-            str(data.get("traceback", "")),
+            printable(str(data.get("traceback", "")), 8000, keep_lines=True),
         )
 
     # -- death ---------------------------------------------------------------
@@ -323,6 +419,12 @@ class WorkerProcess:
             "worker_crashed", self.name, reason=str(error), pid=self._last_pid
         )
         return error
+
+    def _trim_log(self) -> None:
+        if self._plan is not None:
+            fd = self._plan.log_fd
+            if os.fstat(fd).st_size > LOG_MAX_BYTES:
+                os.ftruncate(fd, 0)
 
     def _log_tail(self) -> str:
         if self._plan is None:
@@ -363,4 +465,38 @@ def classify_death(
 
 def _last_line(log: str) -> str:
     lines = [line for line in log.strip().splitlines() if line.strip()]
-    return lines[-1][:200] if lines else ""
+    return printable(lines[-1], 200) if lines else ""
+
+
+MAX_WORKER_TEXT = 2000
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(32), 127)}
+_CONTROL_KEEP_LINES = {
+    code: text for code, text in _CONTROL.items() if code not in (9, 10)
+}
+
+
+def printable(text: str, limit: int, *, keep_lines: bool = False) -> str:
+    """Escape control characters in text from a worker, and bound it.
+
+    Worker text ends up in exception messages and logs, where an escape
+    sequence could rewrite a terminal.
+    """
+    table = _CONTROL_KEEP_LINES if keep_lines else _CONTROL
+    cleaned = text[:limit].translate(table)
+    return cleaned + "..." if len(text) > limit else cleaned
+
+
+def read_kernel_status(pid: int) -> dict[str, str]:
+    """Return the security fields of /proc/PID/status, as the kernel sees."""
+    fields = ("Uid", "Gid", "Groups", "CapEff", "CapBnd", "NoNewPrivs")
+    wanted = (*fields, "Seccomp")
+    status: dict[str, str] = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as file:
+            for line in file:
+                key, _, value = line.partition(":")
+                if key in wanted:
+                    status[key] = value.strip()
+    except OSError:
+        return {}
+    return status

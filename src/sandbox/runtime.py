@@ -68,10 +68,14 @@ def worker_runtime(interpreter: str) -> WorkerRuntime:
 def _package_paths() -> list[str]:
     """Return the folders that hold this package and its worker imports."""
     paths = [os.path.dirname(PACKAGE_DIR)]
-    for module in ("_cffi_backend", "prctl", "_prctl"):
+    for module in ("_cffi_backend", "prctl", "_prctl", "orjson"):
         spec = importlib.util.find_spec(module)
         if spec is not None and spec.origin:
-            paths.append(os.path.dirname(os.path.realpath(spec.origin)))
+            origin = os.path.realpath(spec.origin)
+            # A package's origin is its __init__.py, one folder further in.
+            if spec.submodule_search_locations is not None:
+                origin = os.path.dirname(origin)
+            paths.append(os.path.dirname(origin))
     return list(dict.fromkeys(paths))
 
 

@@ -8,10 +8,13 @@ returned WorkerPlan until the worker stops.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import resource
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,9 +25,16 @@ from .launcher import Identity, SpawnRequest
 from .manifest import PluginManifest
 from .policy import Policy, Resources
 from .runtime import PACKAGE_DIR, WorkerRuntime
+from .shm import ShmChannelSegment, default_spin_ns
+
+logger = logging.getLogger("sandbox.host")
 
 MIB = 1 << 20
+WORKER_STACK_BYTES = 8 * MIB
 WORKER_SCRIPT = os.path.join(PACKAGE_DIR, "_worker_main.py")
+# The worker's channel descriptor: the socket, or the memfd of the rings.
+STREAM_FD = 3
+SHM_FD = 5
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,10 @@ class WorkerConfig:
     identity: Identity | None
     runtime: WorkerRuntime
     scratch_root: str
+    # "stream" (a socketpair) or "shm" (rings in shared memory).
+    transport: str = "stream"
+    # Refuse to start when the kernel cannot enforce part of the policy.
+    strict: bool = True
 
 
 @dataclass
@@ -44,18 +58,24 @@ class WorkerPlan:
     """A ready SpawnRequest and the descriptors and folder it owns."""
 
     request: SpawnRequest
-    host_socket: int
+    # The host's end of a socketpair channel, or None for shared memory.
+    host_socket: int | None
     bootstrap_write: int
     log_fd: int
     scratch: str
     landlock_report: landlock.RulesetReport | None
     child_fds: list[int] = field(default_factory=list)
+    channel_segment: ShmChannelSegment | None = None
+    # How the worker opens its channel, sent in its bootstrap.
+    channel: dict[str, Any] = field(default_factory=dict)
 
     def close_child_side(self) -> None:
         """Close the descriptors only the child needed."""
         for fd in self.child_fds:
             os.close(fd)
         self.child_fds.clear()
+        if self.channel_segment is not None:
+            self.channel_segment.close_fd()
         if self.request.landlock_fd >= 0:
             os.close(self.request.landlock_fd)
 
@@ -64,11 +84,20 @@ def plan_worker(config: WorkerConfig) -> WorkerPlan:
     """Build the spawn request for one worker of ``config``."""
     scratch = make_scratch(config)
     opened: list[int] = []
+    segment = None
     try:
         ruleset_fd, report = build_ruleset(config, scratch)
         opened.append(ruleset_fd)
-        host_socket, child_socket = _socketpair()
-        opened += [host_socket, child_socket]
+        if config.transport == "shm":
+            # The segment owns its descriptor, unlike those in ``opened``.
+            segment = ShmChannelSegment.create()
+            host_socket, child_fd, child_target = None, segment.fd, SHM_FD
+            channel = segment.bootstrap(SHM_FD, default_spin_ns())
+        else:
+            host_socket, child_fd = _socketpair()
+            opened += [host_socket, child_fd]
+            child_target = STREAM_FD
+            channel = {"transport": "stream", "fd": STREAM_FD}
         bootstrap_read, bootstrap_write = os.pipe2(os.O_CLOEXEC)
         opened += [bootstrap_read, bootstrap_write]
         devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -78,8 +107,13 @@ def plan_worker(config: WorkerConfig) -> WorkerPlan:
     except BaseException:
         for fd in opened:
             os.close(fd)
+        if segment is not None:
+            segment.close()
         shutil.rmtree(scratch, ignore_errors=True)
         raise
+    child_fds = [bootstrap_read, devnull]
+    if segment is None:
+        child_fds.append(child_fd)
     request = SpawnRequest(
         path=config.runtime.interpreter,
         argv=worker_argv(config),
@@ -89,7 +123,7 @@ def plan_worker(config: WorkerConfig) -> WorkerPlan:
             0: devnull,
             1: log_fd,
             2: log_fd,
-            3: child_socket,
+            child_target: child_fd,
             4: bootstrap_read,
         },
         rlimits=worker_rlimits(config.resources),
@@ -106,7 +140,9 @@ def plan_worker(config: WorkerConfig) -> WorkerPlan:
         log_fd=log_fd,
         scratch=scratch,
         landlock_report=report,
-        child_fds=[child_socket, bootstrap_read, devnull],
+        child_fds=child_fds,
+        channel_segment=segment,
+        channel=channel,
     )
 
 
@@ -117,11 +153,17 @@ def worker_argv(config: WorkerConfig) -> list[str]:
     return [config.runtime.interpreter, "-I", "-S", "-B", WORKER_SCRIPT]
 
 
+# glibc reserves 64 MiB of address space per malloc arena, one per thread
+# by default, which would make RLIMIT_AS end a plugin at a few threads.
+WORKER_BASE_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2"}
+
+
 def worker_environment(policy: Policy) -> dict[str, str]:
     """Return only the variables the policy lists and the host has."""
-    return {
+    listed = {
         name: os.environ[name] for name in policy.env if name in os.environ
     }
+    return {**WORKER_BASE_ENVIRONMENT, **listed}
 
 
 def worker_rlimits(limits: Resources) -> list[tuple[int, int, int]]:
@@ -149,19 +191,99 @@ def worker_rlimits(limits: Resources) -> list[tuple[int, int, int]]:
         ),
         (resource.RLIMIT_MEMLOCK, 0, 0),
         (resource.RLIMIT_CORE, 0, 0),
+        # Fixed, not inherited: the host's hard limits may be unlimited.
+        (resource.RLIMIT_STACK, WORKER_STACK_BYTES, WORKER_STACK_BYTES),
+        (resource.RLIMIT_MSGQUEUE, 0, 0),
     ]
 
 
 def make_scratch(config: WorkerConfig) -> str:
-    """Create the worker's private working folder, owned by its uid."""
-    os.makedirs(config.scratch_root, mode=0o755, exist_ok=True)
+    """Create the worker's private working folder, owned by its uid.
+
+    The name carries the host's pid, so that a later host can remove the
+    folders of a host that was killed before it could clean up.
+    """
+    make_scratch_root(config.scratch_root)
     scratch = tempfile.mkdtemp(
-        prefix=f"{config.manifest.name}-", dir=config.scratch_root
+        prefix=f"{config.manifest.name}-{os.getpid()}-",
+        dir=config.scratch_root,
     )
     if config.identity is not None:
         os.chown(scratch, config.identity.uid, config.identity.gid)
     os.chmod(scratch, 0o500 if config.policy.filesystem.readonly else 0o700)
     return scratch
+
+
+def make_scratch_root(root: str) -> None:
+    """Create the folder of scratch folders: workers may enter, not list.
+
+    Without read access, a worker cannot learn the names of the other
+    workers' scratch folders.
+    """
+    try:
+        os.mkdir(root, 0o711)
+    except FileExistsError:
+        return
+    os.chmod(root, 0o711)
+
+
+def sweep_scratch_root(root: str) -> list[str]:
+    """Remove scratch folders left by hosts that are no longer running.
+
+    Returns the removed paths. A folder whose host pid is alive stays,
+    even when the pid was reused by another process.
+    """
+    removed: list[str] = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        parts = name.rsplit("-", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        if _process_exists(int(parts[1])):
+            continue
+        path = os.path.join(root, name)
+        remove_tree(path)
+        removed.append(path)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_tree(path: str) -> None:
+    """Delete a scratch folder, however deep the worker made it.
+
+    shutil.rmtree recurses once per level and raises RecursionError on a
+    folder a few thousand levels deep, so rm(1) finishes the job.
+    """
+    try:
+        shutil.rmtree(path)
+        return
+    except FileNotFoundError:
+        return
+    except (OSError, RecursionError):
+        pass
+    try:
+        subprocess.run(
+            ["rm", "-rf", "--one-file-system", "--", path],
+            check=False,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        logger.warning("could not remove scratch folder %s: %s", path, error)
 
 
 def build_ruleset(
@@ -192,12 +314,15 @@ def build_ruleset(
         ) from error
 
 
-def bootstrap_bytes(config: WorkerConfig, granted: frozenset[str]) -> bytes:
+def bootstrap_bytes(
+    config: WorkerConfig, granted: frozenset[str], channel: dict[str, Any]
+) -> bytes:
     payload: dict[str, Any] = {
         "plugin": config.manifest.to_dict(),
         "capabilities": sorted(granted),
         "max_message_bytes": config.policy.max_message_bytes,
         "sys_path": list(config.runtime.sys_path),
+        "channel": channel,
     }
     return json.dumps(payload).encode()
 
@@ -210,6 +335,13 @@ def _socketpair() -> tuple[int, int]:
 
 
 def _log_file() -> int:
-    # Unlinked at once: the worker's stdout and stderr, read on a crash.
+    """Open an unlinked file for the worker's stdout and stderr.
+
+    O_APPEND makes every write land at the current end, so that the host
+    can truncate the file and the worker's writes start again from zero.
+    """
     with tempfile.TemporaryFile(prefix="sandbox-worker-log-") as log:
-        return os.dup(log.fileno())
+        fd = os.dup(log.fileno())
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_APPEND)
+    return fd
