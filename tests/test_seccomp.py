@@ -11,24 +11,31 @@ anything outside the child.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
 import json
 import mmap
+import multiprocessing
 import os
 import platform
+import resource
 import signal
 import socket
+import struct
 import subprocess
+import sys
 import termios
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyseccomp
 import pytest
 
+from sandbox import procstate
 from sandbox.seccomp import (
     FilterSpec,
     SeccompProgram,
@@ -39,6 +46,7 @@ from sandbox.seccomp import (
 from seccomp_probe import (
     WAIT_ALL,
     ProbeOutcome,
+    filter_errno,
     raw_syscall,
     run_probe,
     syscall_number,
@@ -124,6 +132,30 @@ DENIED_SYSCALLS = (
     "statmount",
     "listmount",
     "open_tree_attr",
+    "inotify_init",
+    "inotify_init1",
+    "inotify_add_watch",
+    "shmget",
+    "shmat",
+    "shmdt",
+    "shmctl",
+    "msgget",
+    "msgsnd",
+    "msgrcv",
+    "msgctl",
+    "semget",
+    "semop",
+    "semtimedop",
+    "semctl",
+    "mq_open",
+    "mq_unlink",
+    "mq_timedsend",
+    "mq_timedreceive",
+    "mq_notify",
+    "mq_getsetattr",
+    "memfd_create",
+    "setsid",
+    "setpgid",
 )
 NATIVE_NUMBERS = {describe_syscall(number): number for number in range(1024)}
 DENIED_NATIVE_SYSCALLS = [
@@ -134,6 +166,29 @@ TIOCLINUX = 0x541C
 UPPER_HALF = 1 << 32
 X32_SYSCALL_BIT = 0x40000000
 PROGRAM_LIMIT = 4096
+AUDIT_ARCH_X86_64 = 0xC000003E
+AUDIT_ARCH_AARCH64 = 0xC00000B7
+NATIVE_ARCH = {
+    "x86_64": AUDIT_ARCH_X86_64,
+    "aarch64": AUDIT_ARCH_AARCH64,
+}.get(platform.machine(), 0)
+# Every address family number up to and past AF_MAX (46 in Linux 6.18).
+SOCKET_FAMILIES = range(64)
+PR_SET_DUMPABLE = 4
+PR_GET_DUMPABLE = 3
+# "which" values of setpriority (linux/resource.h) and ioprio_set
+# (linux/ioprio.h).
+PRIO_PROCESS = 0
+PRIO_PGRP = 1
+PRIO_USER = 2
+IOPRIO_WHO_PROCESS = 1
+IOPRIO_WHO_PGRP = 2
+IOPRIO_WHO_USER = 3
+# IOPRIO_PRIO_VALUE(IOPRIO_CLASS_BE, 4)
+IOPRIO_BEST_EFFORT_4 = (2 << 13) | 4
+# A version 0 struct sched_attr (48 bytes) that requests SCHED_OTHER at
+# nice 0: size, policy, flags, nice, priority, runtime, deadline, period.
+SCHED_ATTR_OTHER = struct.pack("=IIQiIQQQ", 48, 0, 0, 0, 0, 0, 0, 0)
 
 
 @pytest.fixture(scope="module")
@@ -208,8 +263,21 @@ def test_denied_lists_argument_rules(program: SeccompProgram) -> None:
         "ioctl (TIOCSTI)",
         "ioctl (TIOCLINUX)",
         "personality (other than 0 and 0xffffffff)",
-        "socket (domain other than AF_UNIX)",
+        "prlimit64 (target other than the caller)",
+        "sched_setaffinity (target other than the caller)",
+        "sched_setscheduler (target other than the caller)",
+        "sched_setparam (target other than the caller)",
+        "sched_setattr (target other than the caller)",
+        "migrate_pages (target other than the caller)",
+        "move_pages (target other than the caller)",
+        "setpriority (target other than the caller)",
+        "setpriority (which other than PRIO_PROCESS)",
+        "ioprio_set (target other than the caller)",
+        "ioprio_set (which other than IOPRIO_WHO_PROCESS)",
+        "prctl (PR_SET_DUMPABLE other than 0)",
+        "socket",
         "socketpair (domain other than AF_UNIX)",
+        "socketpair (type other than SOCK_STREAM and SOCK_SEQPACKET)",
     ):
         assert entry in program.denied
 
@@ -218,10 +286,13 @@ def test_network_spec_keeps_socket_rules_out(
     network_program: SeccompProgram,
 ) -> None:
     socket_rules = [
-        entry for entry in network_program.denied if "AF_UNIX" in entry
+        entry for entry in network_program.denied if entry.startswith("socket")
     ]
     assert socket_rules == []
     assert "ptrace" in network_program.denied
+    assert "prlimit64 (target other than the caller)" in (
+        network_program.denied
+    )
 
 
 def test_enosys_lists_clone3_and_new_numbers(
@@ -240,6 +311,25 @@ def test_describe_syscall_names() -> None:
     assert describe_syscall(457) == "statmount"
     assert describe_syscall(1000) == "syscall 1000"
     assert describe_syscall(-1) == "syscall -1"
+
+
+@x86_64_only
+def test_describe_syscall_uprobe_names() -> None:
+    assert describe_syscall(335) == "uretprobe"
+    assert describe_syscall(336) == "uprobe"
+    assert describe_syscall(337) == "syscall 337"
+
+
+@x86_64_only
+def test_enosys_lists_x86_64_gap(
+    program: SeccompProgram,
+) -> None:
+    assert "uretprobe" in program.enosys
+    assert "uprobe" in program.enosys
+    assert "syscall 337" in program.enosys
+    assert "syscall 423" in program.enosys
+    assert "rseq" not in program.enosys
+    assert "pidfd_send_signal" not in program.enosys
 
 
 @x86_64_only
@@ -302,6 +392,60 @@ def test_seccomp_available_under_filter(program: SeccompProgram) -> None:
     assert run_probe(seccomp_available, program.bpf).value is True
 
 
+def multiprocessing_work(method: str) -> Callable[[], list[object]]:
+    def probe() -> list[object]:
+        context: Any = multiprocessing.get_context(method)
+        queue = context.Queue()
+        process = context.Process(target=queue.put, args=("from child",))
+        process.start()
+        message = queue.get(timeout=20)
+        process.join()
+        with context.Pool(2) as pool:
+            absolutes = pool.map(abs, [-1, -2, -3])
+        sender, receiver = context.Pipe()
+        sender.send("through pipe")
+        return [message, process.exitcode, absolutes, receiver.recv()]
+
+    return probe
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_multiprocessing_works(program: SeccompProgram, method: str) -> None:
+    """Fails if the program denies what these start methods need.
+
+    multiprocessing.Pipe() is a socketpair(AF_UNIX, SOCK_STREAM), and
+    nothing here calls setsid() or setpgid().
+    """
+    outcome = run_probe(multiprocessing_work(method), program.bpf)
+    assert outcome.value == ["from child", 0, [1, 2, 3], "through pipe"]
+
+
+def ctypes_callback() -> int:
+    # libffi allocates an executable trampoline for a Python callback.
+    compare = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(
+        lambda left, right: 0
+    )
+    libc = ctypes.CDLL(None)
+    items = (ctypes.c_int * 3)(3, 1, 2)
+    libc.qsort(items, 3, ctypes.sizeof(ctypes.c_int), compare)
+    return len(items)
+
+
+def test_ctypes_callback_works(program: SeccompProgram) -> None:
+    """Fails if libffi needs a denied call, such as memfd_create."""
+    assert run_probe(ctypes_callback, program.bpf).value == 3
+
+
+def harden_and_report() -> int:
+    procstate.harden("probe")
+    return int(procstate.report()["dumpable"])
+
+
+def test_worker_harden_works(program: SeccompProgram) -> None:
+    """Fails if the dumpable rule also denies PR_SET_DUMPABLE 0."""
+    assert run_probe(harden_and_report, program.bpf).value == 0
+
+
 # Denied families: EPERM from the filter, something else from the kernel.
 
 
@@ -352,6 +496,37 @@ def test_mount_denied(program: SeccompProgram, tmp_path: Path) -> None:
     assert unfiltered.error == errno.ENOENT
 
 
+def run_true(**options: Any) -> Callable[[], int]:
+    return lambda: (
+        subprocess.run(["/bin/true"], check=False, **options).returncode
+    )
+
+
+def test_subprocess_new_session_denied(program: SeccompProgram) -> None:
+    """Fails without the setsid rule: the child calls setsid() before exec
+    and the parent raises its errno.
+    """
+    filtered, unfiltered = filtered_and_unfiltered(
+        run_true(start_new_session=True), program.bpf
+    )
+    assert filtered.error == errno.EPERM
+    assert unfiltered.value == 0
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="process_group is new in 3.11"
+)
+def test_subprocess_process_group_denied(program: SeccompProgram) -> None:
+    """Fails without the setpgid rule: the child calls setpgid() before
+    exec and the parent raises its errno.
+    """
+    filtered, unfiltered = filtered_and_unfiltered(
+        run_true(process_group=0), program.bpf
+    )
+    assert filtered.error == errno.EPERM
+    assert unfiltered.value == 0
+
+
 # (system call, arguments): arguments that the kernel, running the call
 # for root, rejects with an errno other than EPERM, or that change nothing
 # outside the child.
@@ -363,6 +538,29 @@ INVALID_ARGUMENT_CALLS = [
     ("io_uring_setup", (1, 0)),
     ("open_by_handle_at", (-1, 0, 0)),
     ("process_vm_readv", (os.getpid(), 0, 0, 0, 0, 0)),
+    ("inotify_init1", (0,)),
+    ("inotify_add_watch", (-1, 0, 0)),
+    ("shmget", (0, 0, 0)),
+    ("shmat", (-1, 0, 0)),
+    ("shmdt", (1,)),
+    ("shmctl", (-1, 2, 0)),
+    ("msgget", (0x5A4D0001, 0)),
+    ("msgsnd", (-1, 0, 0, 0)),
+    ("msgrcv", (-1, 0, 0, 0, 0)),
+    ("msgctl", (-1, 2, 0)),
+    ("semget", (0, -1, 0)),
+    ("semop", (-1, 0, 0)),
+    ("semtimedop", (-1, 0, 0, 0)),
+    ("semctl", (-1, 0, 0, 0)),
+    ("mq_open", (0, 0, 0, 0)),
+    ("mq_unlink", (0,)),
+    ("mq_timedsend", (-1, 0, 0, 0, 0)),
+    ("mq_timedreceive", (-1, 0, 0, 0, 0)),
+    ("mq_notify", (-1, 0)),
+    ("mq_getsetattr", (-1, 0, 0)),
+    ("memfd_create", (0, 0)),
+    ("setsid", ()),
+    ("setpgid", (0, 0)),
 ]
 
 
@@ -591,6 +789,218 @@ def test_personality_change_denied(
     assert unfiltered.error is None
 
 
+# Calls that name another process.
+
+
+def with_other_process(operation: Callable[[int], int]) -> Callable[[], int]:
+    """Return a probe that runs ``operation`` on the pid of a sleeping
+    child of the probe, so that an unfiltered call changes only that
+    child.
+    """
+
+    def probe() -> int:
+        pid = os.fork()
+        if pid == 0:
+            signal.pause()
+            os._exit(0)
+        try:
+            return operation(pid)
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+    return probe
+
+
+def read_open_files_limit(pid: int) -> int:
+    limits = (ctypes.c_uint64 * 2)()
+    number = syscall_number("prlimit64")
+    return raw_syscall(
+        number, pid, resource.RLIMIT_NOFILE, 0, ctypes.addressof(limits)
+    )
+
+
+def keep_affinity(pid: int) -> int:
+    os.sched_setaffinity(pid, os.sched_getaffinity(0))
+    return 0
+
+
+def keep_scheduler(pid: int) -> int:
+    os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
+    return 0
+
+
+def keep_scheduling_parameters(pid: int) -> int:
+    os.sched_setparam(pid, os.sched_param(0))
+    return 0
+
+
+def keep_scheduling_attributes(pid: int) -> int:
+    attributes = ctypes.create_string_buffer(SCHED_ATTR_OTHER)
+    number = syscall_number("sched_setattr")
+    return raw_syscall(number, pid, ctypes.addressof(attributes), 0)
+
+
+def migrate_node_0_to_node_0(pid: int) -> int:
+    nodes = ctypes.c_ulong(1)
+    address = ctypes.addressof(nodes)
+    number = syscall_number("migrate_pages")
+    return raw_syscall(number, pid, 64, address, address)
+
+
+def query_no_pages(pid: int) -> int:
+    return raw_syscall(syscall_number("move_pages"), pid, 0, 0, 0, 0, 0)
+
+
+def keep_nice_value(pid: int) -> int:
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    os.setpriority(os.PRIO_PROCESS, pid, own)
+    return 0
+
+
+def set_best_effort_io_priority(pid: int) -> int:
+    number = syscall_number("ioprio_set")
+    return raw_syscall(number, IOPRIO_WHO_PROCESS, pid, IOPRIO_BEST_EFFORT_4)
+
+
+# One call per system call with a rule on its target, with arguments that
+# change nothing or only the target.  The probe child is non-dumpable, so
+# only root may run the ptrace-checked ones on its own child.
+PTRACE_CHECKED_CALLS = ("migrate_pages", "move_pages")
+TARGETED_CALLS: dict[str, Callable[[int], int]] = {
+    "prlimit64": read_open_files_limit,
+    "sched_setaffinity": keep_affinity,
+    "sched_setscheduler": keep_scheduler,
+    "sched_setparam": keep_scheduling_parameters,
+    "sched_setattr": keep_scheduling_attributes,
+    "migrate_pages": migrate_node_0_to_node_0,
+    "move_pages": query_no_pages,
+    "setpriority": keep_nice_value,
+    "ioprio_set": set_best_effort_io_priority,
+}
+
+
+@pytest.mark.parametrize("name", TARGETED_CALLS)
+def test_call_on_other_process_denied(
+    program: SeccompProgram, name: str
+) -> None:
+    """Fails without the target rule of the system call in the test id."""
+    if name in PTRACE_CHECKED_CALLS and os.geteuid() != 0:
+        pytest.skip("the kernel denies ptrace access to a non-dumpable child")
+    probe = with_other_process(TARGETED_CALLS[name])
+    filtered, unfiltered = filtered_and_unfiltered(probe, program.bpf)
+    assert filtered.error == errno.EPERM
+    assert unfiltered.error != errno.EPERM
+
+
+def outcome_per_call(
+    calls: dict[str, Callable[[], object]],
+) -> Callable[[], dict[str, object]]:
+    def probe() -> dict[str, object]:
+        outcomes: dict[str, object] = {}
+        for name, operation in calls.items():
+            try:
+                operation()
+                outcomes[name] = "ok"
+            except OSError as error:
+                outcomes[name] = errno.errorcode.get(error.errno or 0)
+        return outcomes
+
+    return probe
+
+
+def set_own_open_files_limit() -> None:
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, resource.getrlimit(resource.RLIMIT_NOFILE)
+    )
+
+
+# Python's own interfaces, which pass 0 for the calling process.
+SELF_CALLS: dict[str, Callable[[], object]] = {
+    "resource.setrlimit": set_own_open_files_limit,
+    "resource.prlimit": lambda: resource.prlimit(0, resource.RLIMIT_NOFILE),
+    "os.sched_setaffinity": lambda: keep_affinity(0),
+    "os.sched_setscheduler": lambda: keep_scheduler(0),
+    "os.sched_setparam": lambda: keep_scheduling_parameters(0),
+    "os.nice": lambda: os.nice(1),
+    "os.setpriority": lambda: keep_nice_value(0),
+    "sched_setattr": lambda: keep_scheduling_attributes(0),
+    "migrate_pages": lambda: migrate_node_0_to_node_0(0),
+    "move_pages": lambda: query_no_pages(0),
+    "ioprio_set": lambda: set_best_effort_io_priority(0),
+}
+
+
+def test_calls_on_own_process_allowed(program: SeccompProgram) -> None:
+    """Fails if a target rule matches 0, the calling process."""
+    outcomes = run_probe(outcome_per_call(SELF_CALLS), program.bpf).value
+    assert outcomes == dict.fromkeys(SELF_CALLS, "ok")
+
+
+# (system call, which): with who 0 these select the caller's process
+# group or every process of its uid.
+GROUP_SELECTORS = [
+    ("setpriority", PRIO_PGRP),
+    ("setpriority", PRIO_USER),
+    ("ioprio_set", IOPRIO_WHO_PGRP),
+    ("ioprio_set", IOPRIO_WHO_USER),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "which"),
+    GROUP_SELECTORS,
+    ids=[f"{name}-{which}" for name, which in GROUP_SELECTORS],
+)
+def test_group_priority_change_denied(
+    program: SeccompProgram, name: str, which: int
+) -> None:
+    """Fails without the "which" rule of the system call in the test id.
+
+    Unfiltered, the call would change the priority of every process of
+    the caller's uid or process group, so a guard filter stops it before
+    the kernel runs it.
+    """
+    probe = call(name, which, 0, 0)
+    guard = guard_program([syscall_number(name)])
+    assert run_probe(probe, guard).error == errno.ENOSYS
+    assert run_probe(probe, guard, program.bpf).error == errno.EPERM
+
+
+# Dumpable.
+
+
+def set_dumpable(option: int, value: int) -> Callable[[], int]:
+    number = syscall_number("prctl")
+
+    def probe() -> int:
+        raw_syscall(number, option, value, 0, 0, 0)
+        return raw_syscall(number, PR_GET_DUMPABLE, 0, 0, 0, 0)
+
+    return probe
+
+
+@pytest.mark.parametrize(
+    "option", [PR_SET_DUMPABLE, UPPER_HALF | PR_SET_DUMPABLE], ids=hex
+)
+def test_dumpable_on_denied(program: SeccompProgram, option: int) -> None:
+    """Fails without the prctl rule, or if it compares the upper half of
+    the option, which the kernel reads as an int.
+
+    The probe child starts non-dumpable.
+    """
+    filtered, unfiltered = filtered_and_unfiltered(
+        set_dumpable(option, 1), program.bpf
+    )
+    assert filtered.error == errno.EPERM
+    assert unfiltered.value == 1
+
+
+def test_dumpable_off_allowed(program: SeccompProgram) -> None:
+    outcome = run_probe(set_dumpable(PR_SET_DUMPABLE, 0), program.bpf)
+    assert outcome.value == 0
+
+
 # Sockets.
 
 
@@ -627,8 +1037,29 @@ def test_inet_socket_unfiltered_succeeds() -> None:
     assert run_probe(open_socket(socket.AF_INET)).value == 0
 
 
+def socket_errno_per_family() -> dict[int, int | None]:
+    errors: dict[int, int | None] = {}
+    for family in SOCKET_FAMILIES:
+        try:
+            os.close(raw_syscall(syscall_number("socket"), family, 1, 0))
+            errors[family] = None
+        except OSError as error:
+            errors[family] = error.errno
+    return errors
+
+
+def test_socket_denied_for_every_family(program: SeccompProgram) -> None:
+    """Fails if the socket rule lets any family through.
+
+    Run filtered only: as root, an unfiltered socket() of some families
+    loads kernel modules.
+    """
+    answers = run_probe(socket_errno_per_family, program.bpf).value
+    assert answers == {str(family): errno.EPERM for family in SOCKET_FAMILIES}
+
+
 def test_socket_domain_upper_bits_denied(program: SeccompProgram) -> None:
-    """Fails if the socket rule compares only the lower 32 bits.
+    """Fails if the socket rule depends on the domain.
 
     The kernel reads the domain as an int, so an unfiltered call with
     upper bits set opens an AF_INET socket.
@@ -648,12 +1079,122 @@ def test_inet_socketpair_denied(program: SeccompProgram) -> None:
     assert unfiltered.error == errno.EOPNOTSUPP
 
 
-def test_unix_socket_allowed(program: SeccompProgram) -> None:
-    assert run_probe(open_socket(socket.AF_UNIX), program.bpf).value == 0
+def test_unix_socket_denied(program: SeccompProgram) -> None:
+    """Fails without the socket rule: AF_UNIX reaches the host's sockets."""
+    filtered, unfiltered = filtered_and_unfiltered(
+        open_socket(socket.AF_UNIX), program.bpf
+    )
+    assert filtered.error == errno.EPERM
+    assert unfiltered.value == 0
 
 
 def test_unix_socketpair_allowed(program: SeccompProgram) -> None:
     assert run_probe(open_socketpair(socket.AF_UNIX), program.bpf).value == 0
+
+
+def unix_pair_of_type(socket_type: int) -> Callable[[], int]:
+    number = syscall_number("socketpair")
+
+    def probe() -> int:
+        pair = (ctypes.c_int * 2)()
+        raw_syscall(
+            number, socket.AF_UNIX, socket_type, 0, ctypes.addressof(pair)
+        )
+        os.close(pair[0])
+        os.close(pair[1])
+        return 0
+
+    return probe
+
+
+SOCK_FLAGS = socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+ALLOWED_PAIR_TYPES = {
+    "SOCK_STREAM": socket.SOCK_STREAM,
+    "SOCK_SEQPACKET": socket.SOCK_SEQPACKET,
+    "SOCK_STREAM with flags": socket.SOCK_STREAM | SOCK_FLAGS,
+    "SOCK_SEQPACKET with flags": socket.SOCK_SEQPACKET | SOCK_FLAGS,
+}
+DENIED_PAIR_TYPES = {
+    "SOCK_DGRAM": socket.SOCK_DGRAM,
+    "SOCK_RAW": socket.SOCK_RAW,
+    "SOCK_DGRAM with flags": socket.SOCK_DGRAM | SOCK_FLAGS,
+    "SOCK_DGRAM with upper bits": UPPER_HALF | socket.SOCK_DGRAM,
+}
+
+
+@pytest.mark.parametrize("name", ALLOWED_PAIR_TYPES)
+def test_unix_stream_pair_types_allowed(
+    program: SeccompProgram, name: str
+) -> None:
+    """Fails if a socketpair type rule matches these types or flags."""
+    probe = unix_pair_of_type(ALLOWED_PAIR_TYPES[name])
+    assert run_probe(probe, program.bpf).value == 0
+
+
+@pytest.mark.parametrize("name", DENIED_PAIR_TYPES)
+def test_unix_datagram_pair_denied(program: SeccompProgram, name: str) -> None:
+    """Fails without the socketpair type rules.
+
+    The kernel reads the type as an int and makes an AF_UNIX SOCK_RAW
+    socket a datagram socket, so every case opens a datagram pair
+    unfiltered.
+    """
+    probe = unix_pair_of_type(DENIED_PAIR_TYPES[name])
+    filtered, unfiltered = filtered_and_unfiltered(probe, program.bpf)
+    assert filtered.error == errno.EPERM
+    assert unfiltered.value == 0
+
+
+def send_through_datagram_pair(path: str, payload: bytes) -> Callable[[], int]:
+    def probe() -> int:
+        first, second = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with first, second:
+            return first.sendto(payload, path)
+
+    return probe
+
+
+def test_datagram_pair_cannot_reach_named_socket(
+    program: SeccompProgram, tmp_path: Path
+) -> None:
+    """Fails without the socketpair type rules.
+
+    sendto() with an address on one end of an AF_UNIX datagram pair
+    reaches the socket bound to that address, as a connect() would.
+    """
+    path = str(tmp_path / "host.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as host_socket:
+        host_socket.bind(path)
+        host_socket.setblocking(False)
+        filtered = run_probe(
+            send_through_datagram_pair(path, b"filtered"), program.bpf
+        )
+        unfiltered = run_probe(send_through_datagram_pair(path, b"plain"))
+        received = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                received.append(host_socket.recv(64))
+    assert filtered.error == errno.EPERM
+    assert unfiltered.value == len(b"plain")
+    assert received == [b"plain"]
+
+
+def test_inherited_socket_wraps_without_socket_call(
+    program: SeccompProgram,
+) -> None:
+    """Fails if socket.socket(fileno=fd) calls socket(), as the worker
+    wraps its inherited channel descriptor that way.
+    """
+    inherited, peer = socket.socketpair()
+    with inherited, peer:
+
+        def probe() -> str:
+            wrapped = socket.socket(fileno=os.dup(inherited.fileno()))
+            with wrapped:
+                wrapped.sendall(b"ping")
+            return peer.recv(4).decode()
+
+        assert run_probe(probe, program.bpf).value == "ping"
 
 
 def test_network_spec_allows_inet_socket(
@@ -661,6 +1202,17 @@ def test_network_spec_allows_inet_socket(
 ) -> None:
     probe = open_socket(socket.AF_INET)
     assert run_probe(probe, network_program.bpf).value == 0
+
+
+def test_network_spec_allows_unix_socket_and_pair(
+    network_program: SeccompProgram,
+) -> None:
+    unix_socket = run_probe(open_socket(socket.AF_UNIX), network_program.bpf)
+    datagram_pair = run_probe(
+        unix_pair_of_type(socket.SOCK_DGRAM), network_program.bpf
+    )
+    assert unix_socket.value == 0
+    assert datagram_pair.value == 0
 
 
 # System call numbers newer than the rules.
@@ -690,6 +1242,100 @@ def test_unreviewed_range_errnos(program: SeccompProgram) -> None:
     for name in ("statmount", "listmount", "open_tree_attr"):
         expected[name] = errno.EPERM
     assert answers == expected
+
+
+def errno_guard(numbers: list[int]) -> bytes:
+    """Build a filter that fails each of ``numbers`` with EDOM.
+
+    Installed before the program, it stops every call in ``numbers`` and
+    lets the program's errno through: of two ERRNO actions, the kernel
+    keeps the one of the filter installed last.
+    """
+    guard = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+    for number in numbers:
+        guard.add_rule(pyseccomp.ERRNO(errno.EDOM), number)
+    read_end, write_end = os.pipe()
+    with open(read_end, "rb") as reader:
+        with open(write_end, "wb") as writer:
+            guard.export_bpf(writer)
+        return reader.read()
+
+
+# (name, system call, arguments) whose results under the program cover
+# EPERM, ENOSYS and allowed, with argument rules on both sides.
+VERDICT_CASES = [
+    ("ptrace", "ptrace", ()),
+    ("getppid", "getppid", ()),
+    ("clone3", "clone3", ()),
+    ("prctl set dumpable", "prctl", (PR_SET_DUMPABLE, 1)),
+    ("prctl clear dumpable", "prctl", (PR_SET_DUMPABLE, 0)),
+    ("prlimit64 other", "prlimit64", (1, 0, 0, 0)),
+    ("prlimit64 self", "prlimit64", (0, 0, 0, 0)),
+    ("socket AF_UNIX", "socket", (socket.AF_UNIX, socket.SOCK_STREAM, 0)),
+    ("socketpair stream", "socketpair", (socket.AF_UNIX, 1, 0, 0)),
+    ("socketpair datagram", "socketpair", (socket.AF_UNIX, 2, 0, 0)),
+    ("ioctl TIOCSTI", "ioctl", (0, termios.TIOCSTI, 0)),
+    ("ioctl TIOCGWINSZ", "ioctl", (0, termios.TIOCGWINSZ, 0)),
+]
+
+
+def kernel_verdicts() -> dict[str, int | None]:
+    verdicts: dict[str, int | None] = {}
+    for label, name, args in VERDICT_CASES:
+        try:
+            raw_syscall(syscall_number(name), *args)
+            verdicts[label] = 0
+        except OSError as error:
+            verdicts[label] = error.errno
+        if verdicts[label] == errno.EDOM:
+            verdicts[label] = None
+    return verdicts
+
+
+def test_filter_errno_matches_seccomp(program: SeccompProgram) -> None:
+    """Fails if filter_errno() reads the program differently from seccomp.
+
+    A guard filter stops every call, so none of them runs.
+    """
+    numbers = sorted({syscall_number(name) for _, name, _ in VERDICT_CASES})
+    kernel = run_probe(kernel_verdicts, errno_guard(numbers), program.bpf)
+    evaluated = {
+        label: filter_errno(
+            program.bpf, syscall_number(name), args, arch=NATIVE_ARCH
+        )
+        for label, name, args in VERDICT_CASES
+    }
+    assert evaluated == kernel.value
+    assert set(evaluated.values()) == {errno.EPERM, errno.ENOSYS, None}
+
+
+@x86_64_only
+def test_uprobe_numbers_return_enosys(program: SeccompProgram) -> None:
+    """Fails without the ENOSYS rules for x86_64 numbers 335 to 423.
+
+    Linux 6.18 runs uretprobe (335) and uprobe (336) without consulting
+    seccomp and returns ENOSYS itself for 337 to 423, so the test reads
+    the program's errnos with filter_errno().
+    """
+    numbers = range(335, 424)
+    answers = {
+        number: filter_errno(program.bpf, number, arch=AUDIT_ARCH_X86_64)
+        for number in numbers
+    }
+    assert answers == dict.fromkeys(numbers, errno.ENOSYS)
+
+
+@x86_64_only
+def test_x86_64_enosys_range_bounds(
+    program: SeccompProgram,
+) -> None:
+    """Fails if the x86_64 ENOSYS range reaches rseq (334) or
+    pidfd_send_signal (424).
+    """
+    for number in (334, 424):
+        assert (
+            filter_errno(program.bpf, number, arch=AUDIT_ARCH_X86_64) is None
+        )
 
 
 # Other system call conventions.

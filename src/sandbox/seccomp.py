@@ -10,7 +10,8 @@ denylist assumes.
 
 Only the native architecture is filtered, and only x86_64 and aarch64 are
 supported.  Both use the shared asm-generic numbers for every system call
-from 424 on, so the rules for newer system calls below apply to both.
+from 424 on, so the rules for newer system calls below apply to both.  The
+ENOSYS rules for numbers 335 to 423 apply to x86_64 only.
 """
 
 from __future__ import annotations
@@ -112,6 +113,38 @@ _DENIED_SYSCALLS: Final = (
     "adjtimex",
     "sethostname",
     "setdomainname",
+    # File activity of other processes: the host's and other plugins'.
+    "inotify_init",
+    "inotify_init1",
+    "inotify_add_watch",
+    # System V IPC objects and POSIX message queues outlive the worker,
+    # and the kernel grants access to them by uid and mode, so workers of
+    # one uid would share them.
+    "shmget",
+    "shmat",
+    "shmdt",
+    "shmctl",
+    "msgget",
+    "msgsnd",
+    "msgrcv",
+    "msgctl",
+    "semget",
+    "semop",
+    "semtimedop",
+    "semctl",
+    "mq_open",
+    "mq_unlink",
+    "mq_timedsend",
+    "mq_timedreceive",
+    "mq_notify",
+    "mq_getsetattr",
+    # Memory in a memfd counts against RLIMIT_AS only while it is mapped.
+    # The host creates any shared memory a worker needs and passes the fd.
+    "memfd_create",
+    # Leaving the worker's process group, which the host kills with
+    # killpg().  The launcher calls setsid() before it installs the filter.
+    "setsid",
+    "setpgid",
 )
 
 # Mount-family system calls newer than the syscall table of libseccomp
@@ -160,6 +193,46 @@ _NEWER_SYSCALL_NAMES: Final = {
 _FIRST_UNREVIEWED_NR: Final = 451
 _LAST_UNREVIEWED_NR: Final = 1023
 
+# x86_64 numbers below 451 that libseccomp 2.5.4 does not know, which also
+# return ENOSYS.  arch/x86/entry/syscalls/syscall_64.tbl in Linux 6.19
+# names 335 and 336 and nothing from 337 to 423, and it reserves 387 to
+# 423, so a later x86-only system call would take 337.  On Linux 6.18,
+# 335 and 336 run and 337 and 400 return ENOSYS.  aarch64 uses the
+# asm-generic table, where libseccomp 2.5.4 names every number below 451.
+# NOTE: the kernel runs uretprobe (since Linux 6.14, and in 6.12 stable
+# updates) and uprobe without consulting any seccomp filter
+# (seccomp_uprobe_exception() in kernel/seccomp.c), so their ENOSYS rules
+# take effect only on kernels 6.11 to 6.13 without that change.  There a
+# uretprobe that an administrator attaches to a worker kills it.
+_X86_64_NAMES_PAST_LIBSECCOMP: Final = {335: "uretprobe", 336: "uprobe"}
+_X86_64_FIRST_UNKNOWN_NR: Final = 335
+_X86_64_LAST_UNKNOWN_NR: Final = 423
+
+# Calls that act on the process whose pid or id is in the given argument,
+# where 0 means the caller.  The kernel lets a process change the rlimits,
+# CPU affinity, scheduling, nice value and I/O priority of any process of
+# its uid, dumpable or not.  migrate_pages and move_pages also need ptrace
+# access, which a worker has to another only while that one is dumpable.
+_SELF_ONLY_SYSCALLS: Final = {
+    "prlimit64": 0,
+    "sched_setaffinity": 0,
+    "sched_setscheduler": 0,
+    "sched_setparam": 0,
+    "sched_setattr": 0,
+    "migrate_pages": 0,
+    "move_pages": 0,
+    "setpriority": 1,
+    "ioprio_set": 1,
+}
+# The only "which" value (argument 0) allowed with setpriority and
+# ioprio_set.  With who 0, PRIO_USER and IOPRIO_WHO_USER select every
+# process of the caller's uid, and PRIO_PGRP and IOPRIO_WHO_PGRP the
+# caller's process group (linux/resource.h, linux/ioprio.h).
+_SELECTS_ONE_PROCESS: Final = {
+    "setpriority": ("PRIO_PROCESS", 0),
+    "ioprio_set": ("IOPRIO_WHO_PROCESS", 1),
+}
+
 _CLONE_NAMESPACE_FLAGS: Final = {
     "CLONE_NEWTIME": 0x00000080,
     "CLONE_NEWNS": 0x00020000,
@@ -175,6 +248,11 @@ _CLONE_NAMESPACE_FLAGS: Final = {
 _TERMINAL_IOCTLS: Final = {"TIOCSTI": 0x5412, "TIOCLINUX": 0x541C}
 
 _AF_UNIX: Final = 1
+# linux/net.h: the low four bits of socketpair()'s type argument are the
+# socket type, and the rest are SOCK_CLOEXEC and SOCK_NONBLOCK.
+_SOCK_TYPE_MASK: Final = 0xF
+_SOCK_STREAM: Final = 1
+_SOCK_SEQPACKET: Final = 5
 _UINT32_MASK: Final = 0xFFFFFFFF
 _X32_SYSCALL_BIT: Final = 0x40000000
 
@@ -193,7 +271,8 @@ _ARCH_X86_64: Final = 0xC000003E
 _ARCH_AARCH64: Final = 0xC00000B7
 _SUPPORTED_ARCHES: Final = {_ARCH_X86_64: "x86_64", _ARCH_AARCH64: "aarch64"}
 
-# Seccomp constants from linux/prctl.h and linux/seccomp.h.
+# Constants from linux/prctl.h and linux/seccomp.h.
+_PR_SET_DUMPABLE: Final = 4
 _PR_GET_SECCOMP: Final = 21
 _PR_SET_SECCOMP: Final = 22
 _SECCOMP_MODE_FILTER: Final = 2
@@ -203,8 +282,9 @@ _SECCOMP_MODE_FILTER: Final = 2
 class FilterSpec:
     """Options of a worker's seccomp program beyond the fixed denylist.
 
-    With ``network`` false, socket() and socketpair() are allowed only for
-    AF_UNIX.
+    With ``network`` false, socket() fails for every family, AF_UNIX
+    included, and socketpair() works only for AF_UNIX stream and
+    seqpacket pairs.
     """
 
     network: bool = False
@@ -248,12 +328,14 @@ def build_filter(spec: FilterSpec) -> SeccompProgram:
         *_deny_namespace_clone(context),
         *_deny_terminal_ioctls(context),
         *_deny_personality_change(context),
+        *_deny_other_process_targets(context),
+        *_deny_dumpable_on(context),
     ]
     if not spec.network:
-        denied += _deny_non_unix_sockets(context)
+        denied += _deny_sockets(context)
     enosys = [
         *_answer_enosys_to_clone3(context),
-        *_answer_enosys_to_unreviewed(context),
+        *_answer_enosys_to_unreviewed(context, arch),
     ]
     bpf = _export(context)
     _check_program(bpf, arch)
@@ -294,7 +376,7 @@ def describe_syscall(number: int) -> str:
     if number & _X32_SYSCALL_BIT and platform.machine() == "x86_64":
         base = describe_syscall(number & ~_X32_SYSCALL_BIT)
         return f"{base} (x32 ABI)"
-    fallback = _NEWER_SYSCALL_NAMES.get(number, f"syscall {number}")
+    fallback = _name_past_libseccomp(number)
     if _PYSECCOMP_ERROR is not None:
         return fallback
     try:
@@ -302,6 +384,14 @@ def describe_syscall(number: int) -> str:
     except ValueError:
         return fallback
     return cast(bytes, name).decode("ascii")
+
+
+def _name_past_libseccomp(number: int) -> str:
+    if platform.machine() == "x86_64":
+        name = _X86_64_NAMES_PAST_LIBSECCOMP.get(number)
+        if name is not None:
+            return name
+    return _NEWER_SYSCALL_NAMES.get(number, f"syscall {number}")
 
 
 def _require_pyseccomp() -> None:
@@ -443,16 +533,72 @@ def _deny_personality_change(context: pyseccomp.SyscallFilter) -> list[str]:
     return ["personality (other than 0 and 0xffffffff)"]
 
 
-def _deny_non_unix_sockets(context: pyseccomp.SyscallFilter) -> list[str]:
+def _deny_other_process_targets(
+    context: pyseccomp.SyscallFilter,
+) -> list[str]:
+    # A 64-bit comparison: an id with only upper bits set is also
+    # rejected, although the kernel would read it as 0, the caller.
+    action = pyseccomp.ERRNO(errno.EPERM)
+    denied = []
+    for name, index in _SELF_ONLY_SYSCALLS.items():
+        number = _require_native_number(name)
+        not_self = pyseccomp.Arg(index, pyseccomp.NE, 0)
+        _add_rule(context, action, number, not_self)
+        denied.append(f"{name} (target other than the caller)")
+    for name, (which_name, which) in _SELECTS_ONE_PROCESS.items():
+        number = _require_native_number(name)
+        not_one_process = pyseccomp.Arg(0, pyseccomp.NE, which)
+        _add_rule(context, action, number, not_one_process)
+        denied.append(f"{name} (which other than {which_name})")
+    return denied
+
+
+def _deny_dumpable_on(context: pyseccomp.SyscallFilter) -> list[str]:
+    # The worker turns dumpable off at start, because a dumpable process
+    # is open to ptrace, /proc/PID/mem and pidfd_getfd from processes of
+    # its uid.  The kernel reads the option as a 32-bit int and the value
+    # as an unsigned long.
+    number = _require_native_number("prctl")
+    is_set_dumpable = pyseccomp.Arg(
+        0, pyseccomp.MASKED_EQ, _UINT32_MASK, _PR_SET_DUMPABLE
+    )
+    turns_on = pyseccomp.Arg(1, pyseccomp.NE, 0)
+    action = pyseccomp.ERRNO(errno.EPERM)
+    _add_rule(context, action, number, is_set_dumpable, turns_on)
+    return ["prctl (PR_SET_DUMPABLE other than 0)"]
+
+
+def _deny_sockets(context: pyseccomp.SyscallFilter) -> list[str]:
+    """Deny socket(), and socketpair() but of AF_UNIX stream or seqpacket.
+
+    socket(AF_UNIX) would let a plugin connect to the host's pathname and
+    abstract sockets.  So would a datagram pair: sendto() with an address
+    on an AF_UNIX datagram socket reaches the socket bound to that name,
+    and the kernel turns an AF_UNIX SOCK_RAW socket into a datagram one.
+    Stream sockets reject an address and seqpacket sockets ignore it.
+    """
+    action = pyseccomp.ERRNO(errno.EPERM)
+    _add_rule(context, action, _require_native_number("socket"))
+    socketpair = _require_native_number("socketpair")
     # A 64-bit comparison: a domain with upper bits set is also rejected,
     # although the kernel would read only the lower 32 bits.
-    denied = []
-    for name in ("socket", "socketpair"):
-        number = _require_native_number(name)
-        not_unix = pyseccomp.Arg(0, pyseccomp.NE, _AF_UNIX)
-        _add_rule(context, pyseccomp.ERRNO(errno.EPERM), number, not_unix)
-        denied.append(f"{name} (domain other than AF_UNIX)")
-    return denied
+    not_unix = pyseccomp.Arg(0, pyseccomp.NE, _AF_UNIX)
+    _add_rule(context, action, socketpair, not_unix)
+    # One rule per other type because the rules of one system call are
+    # ORed.  The mask leaves out the flag bits and, like the kernel, the
+    # upper half of the register.
+    for socket_type in range(_SOCK_TYPE_MASK + 1):
+        if socket_type in (_SOCK_STREAM, _SOCK_SEQPACKET):
+            continue
+        is_type = pyseccomp.Arg(
+            1, pyseccomp.MASKED_EQ, _SOCK_TYPE_MASK, socket_type
+        )
+        _add_rule(context, action, socketpair, is_type)
+    return [
+        "socket",
+        "socketpair (domain other than AF_UNIX)",
+        "socketpair (type other than SOCK_STREAM and SOCK_SEQPACKET)",
+    ]
 
 
 def _answer_enosys_to_clone3(context: pyseccomp.SyscallFilter) -> list[str]:
@@ -466,15 +612,22 @@ def _answer_enosys_to_clone3(context: pyseccomp.SyscallFilter) -> list[str]:
 
 
 def _answer_enosys_to_unreviewed(
-    context: pyseccomp.SyscallFilter,
+    context: pyseccomp.SyscallFilter, arch: int
 ) -> list[str]:
     answered = []
-    for number in range(_FIRST_UNREVIEWED_NR, _LAST_UNREVIEWED_NR + 1):
-        if number in _NEWER_DENIED_SYSCALLS:
-            continue
+    for number in _unreviewed_numbers(arch):
         _add_rule(context, pyseccomp.ERRNO(errno.ENOSYS), number)
         answered.append(describe_syscall(number))
     return answered
+
+
+def _unreviewed_numbers(arch: int) -> list[int]:
+    numbers: list[int] = []
+    if arch == _ARCH_X86_64:
+        last = _X86_64_LAST_UNKNOWN_NR
+        numbers += range(_X86_64_FIRST_UNKNOWN_NR, last + 1)
+    numbers += range(_FIRST_UNREVIEWED_NR, _LAST_UNREVIEWED_NR + 1)
+    return [n for n in numbers if n not in _NEWER_DENIED_SYSCALLS]
 
 
 def _require_native_number(name: str) -> int:

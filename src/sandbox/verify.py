@@ -82,14 +82,17 @@ PROTECTION_NAMES = (
 )
 
 PROBE_PLUGIN = "sandbox-probe"
+# A second probe with network allowed: without network, seccomp denies
+# socket() before Landlock's abstract unix scope could be seen at work.
+PROBE_NET_PLUGIN = "sandbox-probe-net"
 _OUTSIDE_FILE = "outside-the-rules.txt"
 _PR_GET_NO_NEW_PRIVS = 39
 _LANDLOCK_ALL_FS_SINCE_ABI = 5
 _LANDLOCK_TCP_SINCE_ABI = 4
 _LANDLOCK_SCOPES_SINCE_ABI = 6
 
-_PROBE_MANIFEST = f"""\
-name = "{PROBE_PLUGIN}"
+_PROBE_MANIFEST = """\
+name = "{name}"
 version = "1"
 entry = "sandbox_probe"
 methods = ["probe"]
@@ -340,13 +343,22 @@ def _observe_worker(python: str | None) -> _Observation:
         try:
             with PluginHost(
                 [os.path.join(folder, "plugins")],
-                PolicySet.empty(),
-                max_workers=1,
+                Policy.from_dict(
+                    {"plugins": {PROBE_NET_PLUGIN: {"network": True}}}
+                ),
+                max_workers=2,
                 resources=DEFAULT_RESOURCES,
                 python=python,
             ) as host:
                 outcome = host.execute_plugin(PROBE_PLUGIN, "probe", params)
                 status = host.worker_status(PROBE_PLUGIN)
+                networked = host.execute_plugin(
+                    PROBE_NET_PLUGIN, "probe", params
+                )
+            if isinstance(outcome, dict) and isinstance(networked, dict):
+                outcome["connect_abstract_socket"] = networked.get(
+                    "connect_abstract_socket"
+                )
         except SandboxError as error:
             return _Observation(expected_rlimits=expected, error=str(error))
     if not isinstance(outcome, dict):
@@ -366,14 +378,18 @@ def _probe_folder() -> Iterator[str]:
     folder = tempfile.mkdtemp(prefix="sandbox-verify-")
     try:
         os.chmod(folder, 0o755)
-        plugin = os.path.join(folder, "plugins", PROBE_PLUGIN)
-        os.makedirs(plugin, mode=0o755)
-        os.chmod(os.path.join(folder, "plugins"), 0o755)
-        os.chmod(plugin, 0o755)
-        _write_readable(os.path.join(plugin, "plugin.toml"), _PROBE_MANIFEST)
-        _write_readable(
-            os.path.join(plugin, "sandbox_probe.py"), _PROBE_SOURCE
-        )
+        for name in (PROBE_PLUGIN, PROBE_NET_PLUGIN):
+            plugin = os.path.join(folder, "plugins", name)
+            os.makedirs(plugin, mode=0o755)
+            os.chmod(os.path.join(folder, "plugins"), 0o755)
+            os.chmod(plugin, 0o755)
+            _write_readable(
+                os.path.join(plugin, "plugin.toml"),
+                _PROBE_MANIFEST.format(name=name),
+            )
+            _write_readable(
+                os.path.join(plugin, "sandbox_probe.py"), _PROBE_SOURCE
+            )
         # Readable by every uid, so only Landlock can deny the probe it.
         _write_readable(
             os.path.join(folder, _OUTSIDE_FILE), "not for plugins\n"
