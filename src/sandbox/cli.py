@@ -1,4 +1,4 @@
-"""The ``sandbox`` command: verify, call and demo.
+"""The ``sandbox`` command: verify, call, demo and bench.
 
 Each command is a thin function over the library, and the probing behind
 ``verify`` lives in sandbox.verify. Output lines fit in 79 columns, and
@@ -11,10 +11,12 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import textwrap
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeAlias
 
 from . import __version__, verify
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify_parser(commands)
     _add_call_parser(commands)
     _add_demo_parser(commands)
+    _add_bench_parser(commands)
     return parser
 
 
@@ -157,6 +160,34 @@ def _add_demo_parser(commands: _Subparsers) -> None:
     )
     _add_plugin_options(demo_parser)
     demo_parser.set_defaults(command=demo_command)
+
+
+def _add_bench_parser(commands: _Subparsers) -> None:
+    bench_parser = commands.add_parser(
+        "bench",
+        help="run the benchmark suite of a source checkout",
+        description="Run benchmarks/suite.py of the source checkout that "
+        "this package comes from, or of the current folder: call latency, "
+        "throughput, scaling and idle CPU against IPC baselines and C "
+        "floors. More options: python benchmarks/suite.py --help.",
+    )
+    bench_parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny counts that only check that every part runs",
+    )
+    bench_parser.add_argument(
+        "--placement",
+        choices=("any", "same", "split"),
+        help="CPU placement of the latency rows (default any: unpinned)",
+    )
+    bench_parser.add_argument(
+        "--json", metavar="PATH", help="where to write the JSON results"
+    )
+    bench_parser.add_argument(
+        "--png", metavar="PATH", help="where to write the PNG plot"
+    )
+    bench_parser.set_defaults(command=bench_command)
 
 
 def _add_plugin_options(parser: argparse.ArgumentParser) -> None:
@@ -382,6 +413,39 @@ def _load_policies(path: str | None) -> PolicySet:
     if os.path.isfile(DEFAULT_POLICY):
         return Policy.load(DEFAULT_POLICY)
     return PolicySet.empty()
+
+
+# -- sandbox bench -----------------------------------------------------------
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    """Run the benchmark suite in a child interpreter; return its status."""
+    suite = find_benchmark_suite()
+    forwarded = ["--smoke"] if args.smoke else []
+    for option in ("placement", "json", "png"):
+        value = getattr(args, option)
+        if value is not None:
+            forwarded += [f"--{option}", value]
+    return subprocess.call([sys.executable, suite, *forwarded])
+
+
+def find_benchmark_suite() -> str:
+    """Return the path of benchmarks/suite.py, which wheels do not ship.
+
+    Raises UsageError when neither the checkout of this package (an
+    editable install) nor the current folder has one.
+    """
+    relative = os.path.join("benchmarks", "suite.py")
+    checkout = Path(__file__).resolve().parents[2]
+    for root in (checkout, Path.cwd()):
+        candidate = root / relative
+        if candidate.is_file():
+            return str(candidate)
+    raise UsageError(
+        f"{relative} not found in {checkout} or in the current folder; "
+        "the benchmark suite comes with the source checkout, so run "
+        "sandbox bench from one"
+    )
 
 
 # -- sandbox demo ------------------------------------------------------------
