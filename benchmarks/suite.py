@@ -29,6 +29,7 @@ import dataclasses
 import os
 import platform
 import sys
+import textwrap
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -390,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_plot(results, png_path)
         print(f"plot written to {png_path}")
     else:
-        print(f"note: {missing}")
+        print(textwrap.fill(f"note: {missing}", 79, subsequent_indent="  "))
     return 0
 
 
