@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import sandbox
+from conftest import PluginWriter
 from sandbox import Policy, cli, landlock, verify
 from sandbox.cli import main
 
@@ -294,6 +295,19 @@ def test_call_escapes_control_characters(
     assert "\x1b" not in out
     assert "\x9b" not in out
     assert json.loads(out) == params
+
+
+def test_call_prints_bytes_as_base64(
+    capsys: pytest.CaptureFixture[str],
+    write_plugin: PluginWriter,
+    plugin_root: Path,
+) -> None:
+    write_plugin("binary", "def get():\n    return b'\\x00hi'\n", ["get"])
+    status, out, err = run(
+        capsys, "call", "binary", "get", "--plugins", str(plugin_root)
+    )
+    assert status == 0, err
+    assert json.loads(out) == {"$bytes_base64": "AGhp"}
 
 
 def test_call_invalid_json_exits_2(

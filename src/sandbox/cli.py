@@ -8,6 +8,7 @@ text that came from a plugin is escaped before it reaches the terminal.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import platform
@@ -367,8 +368,15 @@ def call_command(args: argparse.Namespace) -> int:
         )
     # ASCII escapes keep control characters from the plugin off the
     # terminal, and the output still parses to the same JSON value.
-    print(json.dumps(result, indent=2, ensure_ascii=True))
+    print(json.dumps(result, indent=2, ensure_ascii=True, default=_as_json))
     return EXIT_OK
+
+
+def _as_json(value: object) -> object:
+    """Show a binary value from a plugin, which JSON cannot hold, as base64."""
+    if isinstance(value, bytes):
+        return {"$bytes_base64": base64.b64encode(value).decode("ascii")}
+    raise TypeError(f"cannot print a {type(value).__name__} as JSON")
 
 
 def parse_params(text: str) -> dict[str, Any]:
