@@ -2,6 +2,7 @@
 # make test   set everything up, then run the whole test suite
 # make lint   ruff, mypy and clang-format checks
 # make bench  the benchmark suite against baselines (benchmarks/)
+# make fuzz   the decoder and ring fuzzers, FUZZ_SECONDS (60) each
 
 # Workers run as an unprivileged uid that must read the interpreter, so the
 # venv is built from a system interpreter outside /root when there is one.
@@ -14,7 +15,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
 
-.PHONY: demo test lint bench setup clean check-readable native
+.PHONY: demo test lint bench fuzz setup clean check-readable native
 
 demo: setup
 	$(VENV)/bin/sandbox verify
@@ -35,6 +36,20 @@ lint: setup
 
 bench: setup $(BENCH_STAMP)
 	$(PY) benchmarks/suite.py
+
+# atheris brings coverage feedback. Where it does not install, the
+# harnesses run a plain mutation loop for the same time instead.
+# Findings are saved under $(FUZZ_DIR); see tests/fuzz/README.md.
+FUZZ_SECONDS ?= 60
+FUZZ_DIR := build/fuzz
+fuzz: setup
+	$(PY) -c "import atheris" 2>/dev/null || $(PIP) install atheris || \
+	    echo "note: atheris did not install; using the fallback loop"
+	mkdir -p $(FUZZ_DIR)/decode $(FUZZ_DIR)/ring
+	$(PY) tests/fuzz/fuzz_decode.py -max_total_time=$(FUZZ_SECONDS) \
+	    -artifact_prefix=$(FUZZ_DIR)/ $(FUZZ_DIR)/decode
+	$(PY) tests/fuzz/fuzz_ring.py -max_total_time=$(FUZZ_SECONDS) \
+	    -artifact_prefix=$(FUZZ_DIR)/ $(FUZZ_DIR)/ring
 
 setup: $(STAMP) $(VENDOR)/.installed check-readable
 

@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -35,13 +36,16 @@
 /* Iterations between two clock reads while spinning. */
 #define SPIN_CHECK_EVERY 64
 /*
- * After this many spins in a row end in a sleep, the next SPIN_REST_WAITS
- * waits sleep at once.  A spin only pays when the peer runs on another
- * CPU.  When both share one, or a slow call outlasts every spin, spinning
- * burns CPU time and can delay the very peer it waits for.
+ * After this many waits in a row lasted longer than the spin time, only
+ * every SPIN_PROBE_EVERY-th wait spins, until a wait ends within the spin
+ * time again.  A spin only pays when the peer answers within it.
+ * Spinning through slow calls or long idle gaps burns CPU time that a
+ * worker pays from its RLIMIT_CPU budget.  A wait that sleeps also counts
+ * the wake-up, which can make a fast peer look slow, so the probes find
+ * out when spinning pays again.
  */
 #define SPIN_MISSES_BEFORE_REST 4
-#define SPIN_REST_WAITS		1024
+#define SPIN_PROBE_EVERY	16
 /* Internal status: nothing happened yet, keep waiting. */
 #define STILL_WAITING 1
 
@@ -183,8 +187,10 @@ publish(struct sandbox_ring_endpoint *endpoint, struct sandbox_ring_half *half,
 	__atomic_store_n(index, half->own, __ATOMIC_RELEASE);
 	half->published = half->own;
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
-	if (__atomic_load_n(waiting, __ATOMIC_RELAXED))
+	if (__atomic_load_n(waiting, __ATOMIC_RELAXED)) {
 		wake(endpoint, sequence);
+		endpoint->woke_peer = 1;
+	}
 }
 
 static void
@@ -239,38 +245,82 @@ check_once(struct sandbox_ring_endpoint *endpoint, enum direction direction,
 	return STILL_WAITING;
 }
 
+/* Stores this side's CPU in the segment if it changed; returns it. */
+static uint32_t
+note_cpu(struct sandbox_ring_endpoint *endpoint)
+{
+	int cpu = sched_getcpu();
+	uint32_t current = cpu < 0 ? UINT32_MAX : (uint32_t)cpu;
+
+	if (current != endpoint->cpu_stored) {
+		__atomic_store_n(endpoint->own_cpu, current, __ATOMIC_RELAXED);
+		endpoint->cpu_stored = current;
+	}
+	return current;
+}
+
+/* Returns the CPU the peer last waited on; a hint only, see ring.h. */
+static uint32_t
+peer_cpu(const struct sandbox_ring_endpoint *endpoint)
+{
+	return __atomic_load_n(endpoint->peer_cpu, __ATOMIC_RELAXED);
+}
+
+/*
+ * Polls until the wait can end or the spin time is up.  A peer that this
+ * side just woke may have been queued on this CPU, and a peer that waited
+ * here last runs here, so in those cases the CPU is handed over with
+ * sched_yield(), which returns at once when nothing else is runnable.
+ */
 static int
 spin(struct sandbox_ring_endpoint *endpoint, enum direction direction,
-     int64_t deadline_ns, uint64_t *amount)
+     int64_t started_ns, int64_t deadline_ns, uint64_t *amount)
 {
+	int woke_peer = endpoint->woke_peer;
+	uint32_t cpu = note_cpu(endpoint);
 	int64_t until;
 	int status;
 	unsigned int i;
 
+	endpoint->woke_peer = 0;
 	if (endpoint->spin_ns <= 0)
 		return STILL_WAITING;
-	if (endpoint->spin_rest > 0) {
-		endpoint->spin_rest--;
+	if (endpoint->spin_misses >= SPIN_MISSES_BEFORE_REST &&
+	    ++endpoint->spin_skips % SPIN_PROBE_EVERY != 0)
 		return STILL_WAITING;
-	}
-	until = monotonic_ns() + endpoint->spin_ns;
+	until = started_ns + endpoint->spin_ns;
 	if (deadline_ns >= 0 && deadline_ns < until)
 		until = deadline_ns;
+	if (woke_peer)
+		sched_yield();
 	for (i = 1;; i++) {
 		status = check_once(endpoint, direction, amount);
-		if (status != STILL_WAITING) {
-			endpoint->spin_misses = 0;
+		if (status != STILL_WAITING)
 			return status;
+		if (peer_cpu(endpoint) == cpu)
+			sched_yield();
+		else
+			cpu_relax();
+		if (i % SPIN_CHECK_EVERY == 0) {
+			if (monotonic_ns() >= until)
+				return STILL_WAITING;
+			cpu = note_cpu(endpoint);
 		}
-		cpu_relax();
-		if (i % SPIN_CHECK_EVERY == 0 && monotonic_ns() >= until)
-			break;
 	}
-	if (++endpoint->spin_misses >= SPIN_MISSES_BEFORE_REST) {
+}
+
+/*
+ * Counts waits that outlasted the spin time, and forgets them after one
+ * that did not.
+ */
+static void
+record_wait(struct sandbox_ring_endpoint *endpoint, int64_t started_ns)
+{
+	if (monotonic_ns() - started_ns <= endpoint->spin_ns) {
 		endpoint->spin_misses = 0;
-		endpoint->spin_rest = SPIN_REST_WAITS;
-	}
-	return STILL_WAITING;
+		endpoint->spin_skips = 0;
+	} else if (endpoint->spin_misses < SPIN_MISSES_BEFORE_REST)
+		endpoint->spin_misses++;
 }
 
 static int
@@ -295,13 +345,12 @@ wait_for_progress(struct sandbox_ring_endpoint *endpoint,
 	    direction == READING ? half->reader_waiting : half->writer_waiting;
 	uint32_t *sequence =
 	    direction == READING ? half->data_sequence : half->space_sequence;
+	int64_t started_ns = monotonic_ns();
 	uint32_t seen;
 	int status;
 
-	status = spin(endpoint, direction, deadline_ns, amount);
-	if (status != STILL_WAITING)
-		return status;
-	do {
+	status = spin(endpoint, direction, started_ns, deadline_ns, amount);
+	while (status == STILL_WAITING) {
 		seen = __atomic_load_n(sequence, __ATOMIC_ACQUIRE);
 		__atomic_store_n(waiting, 1, __ATOMIC_RELAXED);
 		__atomic_thread_fence(__ATOMIC_SEQ_CST);
@@ -309,8 +358,11 @@ wait_for_progress(struct sandbox_ring_endpoint *endpoint,
 		if (status == STILL_WAITING)
 			status =
 			    sleep_once(endpoint, sequence, seen, deadline_ns);
-	} while (status == STILL_WAITING);
+	}
 	__atomic_store_n(waiting, 0, __ATOMIC_RELAXED);
+	/* A signal says nothing about how long the peer takes. */
+	if (status != SANDBOX_RING_INTERRUPTED)
+		record_wait(endpoint, started_ns);
 	return status;
 }
 
@@ -519,6 +571,17 @@ sandbox_ring_recv(struct sandbox_ring_endpoint *endpoint, char *buffer,
 	return status;
 }
 
+int
+sandbox_ring_pending(const struct sandbox_ring_endpoint *endpoint)
+{
+	const struct sandbox_ring_half *in = &endpoint->in;
+
+	if (endpoint->recv_header_done != 0 || endpoint->recv_length != 0)
+		return 1;
+	/* Only compared, never used to read data, so no ordering is needed. */
+	return __atomic_load_n(in->producer, __ATOMIC_RELAXED) != in->own;
+}
+
 /* -- set-up and teardown -------------------------------------------------- */
 
 static int
@@ -625,6 +688,13 @@ sandbox_ring_attach(struct sandbox_ring_endpoint *endpoint, void *base,
 	endpoint->peer_closed =
 	    (uint32_t *)(bytes + (host ? SANDBOX_RING_WORKER_CLOSED
 				       : SANDBOX_RING_HOST_CLOSED));
+	endpoint->own_cpu =
+	    (uint32_t *)(bytes + (host ? SANDBOX_RING_HOST_CPU
+				       : SANDBOX_RING_WORKER_CPU));
+	endpoint->peer_cpu =
+	    (uint32_t *)(bytes + (host ? SANDBOX_RING_WORKER_CPU
+				       : SANDBOX_RING_HOST_CPU));
+	endpoint->cpu_stored = UINT32_MAX;
 	endpoint->max_message = max_message;
 	endpoint->spin_ns = spin_ns;
 	return 0;

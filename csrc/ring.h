@@ -16,6 +16,7 @@
  *
  *   0     magic, version, capacity to worker, capacity to host
  *   64    host closed flag            128   worker closed flag
+ *   68    host CPU                    132   worker CPU
  *   256   ring to worker: control block (4 lines, see below)
  *   512   ring to host: control block
  *   4096  ring to worker: data (capacity to worker bytes)
@@ -26,6 +27,12 @@
  * +132 data sequence word, +192 writer waiting flag and +196 space
  * sequence word (all uint32).  The indices count bytes since the start,
  * modulo 2^64, and the data of index i is at i mod capacity.
+ *
+ * A side's CPU word holds the CPU it last waited on, as sched_getcpu()
+ * returned it.  It is a hint for how to wait and nothing more: a peer on
+ * the same CPU cannot run while this side spins, so a waiter yields
+ * instead.  A false hint from a hostile worker costs the host spin time
+ * at most.
  */
 #ifndef SANDBOX_RING_H
 #define SANDBOX_RING_H
@@ -58,10 +65,12 @@ enum sandbox_ring_side {
 
 enum sandbox_ring_layout {
 	SANDBOX_RING_MAGIC = 0x52425853,
-	SANDBOX_RING_VERSION = 1,
+	SANDBOX_RING_VERSION = 2,
 	SANDBOX_RING_LINE = 64,
 	SANDBOX_RING_HOST_CLOSED = 64,
 	SANDBOX_RING_WORKER_CLOSED = 128,
+	SANDBOX_RING_HOST_CPU = 68,
+	SANDBOX_RING_WORKER_CPU = 132,
 	SANDBOX_RING_TO_WORKER_CONTROL = 256,
 	SANDBOX_RING_TO_HOST_CONTROL = 512,
 	SANDBOX_RING_PRODUCER = 0,
@@ -103,9 +112,17 @@ struct sandbox_ring_endpoint {
 	int aborted;
 	/* How long a wait polls before it sleeps on the futex. */
 	int64_t spin_ns;
-	/* Waits in a row that spun in vain, and waits left without a spin. */
+	/* Waits in a row that lasted longer than spin_ns, and waits since
+	 * then that skipped the spin. */
 	uint32_t spin_misses;
-	uint32_t spin_rest;
+	uint32_t spin_skips;
+	/* This side's and the peer's CPU words in the segment. */
+	uint32_t *own_cpu;
+	uint32_t *peer_cpu;
+	/* The value this side last stored in *own_cpu. */
+	uint32_t cpu_stored;
+	/* Set when this side woke the peer since its last wait. */
+	int woke_peer;
 	uint64_t max_message;
 	/* Progress of a frame a timeout or signal interrupted. */
 	uint64_t send_length;
@@ -160,6 +177,14 @@ int sandbox_ring_send(struct sandbox_ring_endpoint *endpoint,
  */
 int sandbox_ring_recv(struct sandbox_ring_endpoint *endpoint, char *buffer,
 		      size_t size, int64_t timeout_ns, uint64_t *length);
+
+/*
+ * Returns 1 when the peer has published bytes that this side has not
+ * received, or part of a frame has been received, else 0.  It loads the
+ * peer's index once and makes no system call.  The host calls it before
+ * each request, because no byte sent before the request can be its reply.
+ */
+int sandbox_ring_pending(const struct sandbox_ring_endpoint *endpoint);
 
 /* Ends every wait of |endpoint| at once, now and later. */
 void sandbox_ring_abort(struct sandbox_ring_endpoint *endpoint);

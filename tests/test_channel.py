@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 import sandbox.channel
 from sandbox.channel import (
     HEADER,
+    INVALID_REQUEST,
     MAX_DEPTH,
     MAX_ID,
     PARSE_ERROR,
@@ -34,6 +35,7 @@ from sandbox.channel import (
     Channel,
     PeerGone,
     Request,
+    Response,
     StreamTransport,
     decode,
     encode,
@@ -41,10 +43,12 @@ from sandbox.channel import (
     make_error,
     make_request,
     make_result,
+    match_response,
     validate_request,
     validate_response,
 )
 from sandbox.errors import ProtocolError
+from sandbox.worker import Server
 
 MAX_BYTES = 1 << 20
 # Child processes import the same copy of the package as the tests do.
@@ -801,6 +805,9 @@ def _request(**changes: Any) -> dict[str, Any]:
         (_request(method=_MISSING), "missing key.*method"),
         (_request(params=_MISSING), "missing key.*params"),
         (_request(extra=1), "unexpected key.*extra"),
+        # Four keys, as a valid request has, but one of them misspelled.
+        (_request(jsonrpc=_MISSING, jsnrpc="2.0"), "missing key.*jsonrpc"),
+        (_request(params=_MISSING, param={}), "missing key.*params"),
         (_request(result=1), "unexpected key.*result"),
         (_request(jsonrpc="1.0"), "jsonrpc"),
         (_request(jsonrpc=2.0), "jsonrpc"),
@@ -913,6 +920,36 @@ def test_validate_response_accepts(message: dict[str, Any]) -> None:
     assert response.error == message.get("error")
 
 
+ENVELOPE_KEYS = st.sampled_from(
+    ["jsonrpc", "id", "method", "params", "result", "error", "jsnrpc", "x"]
+)
+ENVELOPE_VALUES = st.one_of(
+    st.sampled_from(["2.0", "m", "rpc.m", None, True, [], {}]),
+    st.integers(-1, 2**53 + 1),
+    st.dictionaries(st.sampled_from(["code", "message", "data"]), JSON_VALUES),
+    JSON_VALUES,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(ENVELOPE_KEYS, ENVELOPE_VALUES, max_size=5))
+def test_validators_raise_only_protocol_error(message: dict[str, Any]) -> None:
+    """Near-miss envelopes get ProtocolError, never another exception."""
+    try:
+        request = validate_request(message)
+    except ProtocolError:
+        pass
+    else:
+        assert set(message) == {"jsonrpc", "id", "method", "params"}
+        assert request.id == message["id"]
+    try:
+        response = validate_response(message, 1)
+    except ProtocolError:
+        pass
+    else:
+        assert response.id == 1
+
+
 def test_error_message_truncates_value() -> None:
     with pytest.raises(ProtocolError) as excinfo:
         validate_request(_request(method="x" * 10_000))
@@ -1019,6 +1056,133 @@ def test_forged_reply_ids_rejected(channels: tuple[Channel, Channel]) -> None:
     worker.send_error(None, PARSE_ERROR, "unreadable request")
     with pytest.raises(ProtocolError, match="unreadable request"):
         validate_response(host.receive(timeout=5), call_id)
+
+
+def test_receive_message_returns_request_and_reply(
+    channels: tuple[Channel, Channel],
+) -> None:
+    host, worker = channels
+    call_id = host.send_request("echo", {"n": 1})
+    request = worker.receive_message(timeout=5)
+    assert request == Request(call_id, "echo", {"n": 1})
+    worker.send_result(call_id, [1, 2])
+    reply = host.receive_message(timeout=5)
+    assert reply == Response(call_id, [1, 2], None)
+    assert match_response(reply, call_id) is reply
+
+
+def test_receive_message_rejects_bad_envelope(raw_peer: RawPeer) -> None:
+    channel_end = Channel(raw_peer.transport, max_message_bytes=MAX_BYTES)
+    raw_peer.write(_frame(b'{"jsonrpc":"2.0","id":1}'))
+    with pytest.raises(ProtocolError, match="exactly one"):
+        channel_end.receive_message(timeout=5)
+    raw_peer.write(_frame(b'{"jsonrpc":"2.0","id":1,"method":"rpc.x",'
+                          b'"params":{}}'))  # fmt: skip
+    with pytest.raises(ProtocolError, match="reserved"):
+        channel_end.receive_message(timeout=5)
+    raw_peer.write(_frame(b'{"jsonrpc":"2.0","id":-1,"result":1}'))
+    with pytest.raises(ProtocolError, match="id must be an integer"):
+        channel_end.receive_message(timeout=5)
+
+
+@pytest.mark.parametrize("reply_id", [6, 8, None])
+def test_match_response_rejects_other_ids(reply_id: int | None) -> None:
+    error = None if reply_id is not None else {"code": 1, "message": "m"}
+    with pytest.raises(ProtocolError, match="never made"):
+        match_response(Response(reply_id, None, error), 7)
+
+
+def test_large_frame_returned_in_owned_bytearray(
+    transports: tuple[StreamTransport, StreamTransport],
+) -> None:
+    a, b = transports
+    first, second = os.urandom(200_000), os.urandom(200_000)
+    sender = _later(0, a.send, first)
+    received = b.recv(timeout=5)
+    sender.join()
+    assert type(received) is bytearray
+    assert received == first
+    # The transport keeps no hold on it: the caller may resize it, and
+    # the next frame goes to a buffer of its own.
+    received.clear()
+    sender = _later(0, a.send, second)
+    assert b.recv(timeout=5) == second
+    sender.join()
+    assert received == b""
+
+
+def test_small_frame_returned_as_bytes(
+    transports: tuple[StreamTransport, StreamTransport],
+) -> None:
+    a, b = transports
+    a.send(b"small")
+    assert type(b.recv(timeout=5)) is bytes
+
+
+def test_channel_parses_large_frame_in_place(
+    channels: tuple[Channel, Channel],
+) -> None:
+    host, worker = channels
+    blob = os.urandom(300_000)
+    sender = _later(0, host.send_request, "store", {"blob": blob, "n": 1})
+    request = worker.receive_message(timeout=5)
+    sender.join()
+    assert isinstance(request, Request)
+    assert request.params == {"blob": blob, "n": 1}
+    assert type(request.params["blob"]) is bytes
+
+
+# -- the worker's end -----------------------------------------------------
+
+
+def _server(channel: Channel) -> Server:
+    # No plugin is loaded: these tests never reach a plugin method.
+    return Server(channel, {"plugin": {"methods": []}, "capabilities": []})
+
+
+def test_worker_rejects_stray_reply(
+    channels: tuple[Channel, Channel],
+) -> None:
+    host, worker = channels
+    serving = threading.Thread(target=_server(worker).serve)
+    serving.start()
+    host.send_result(5, "never asked for")
+    reply = host.receive_message(timeout=5)
+    call_id = host.send_request("sandbox.shutdown", {})
+    shutdown = host.receive_message(timeout=5)
+    serving.join(5)
+
+    assert isinstance(reply, Response)
+    assert reply.id is None
+    assert reply.error is not None
+    assert reply.error["code"] == INVALID_REQUEST
+    assert "got a reply to id 5" in reply.error["message"]
+    assert match_response(shutdown, call_id).result is None
+    assert not serving.is_alive()
+
+
+def test_worker_capability_call_rejects_request(
+    channels: tuple[Channel, Channel],
+) -> None:
+    host, worker = channels
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            _server(worker).call_host("notify", {"message": "hi"})
+        except ProtocolError as error:
+            outcome.append(error)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    request = host.receive_message(timeout=5)
+    host.send_request("sandbox.hello", {})
+    caller.join(5)
+
+    assert isinstance(request, Request)
+    assert request.method == "capability.notify"
+    assert len(outcome) == 1
+    assert "expected the reply to request" in str(outcome[0])
 
 
 def test_channel_receive_reports_peer_gone(

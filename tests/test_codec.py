@@ -657,6 +657,49 @@ def test_mangled_tables_and_markers(
     assert b"".join(in_table_order) == payload[len(payload) - sum(lengths) :]
 
 
+@pytest.mark.parametrize(
+    "payload", HOSTILE_FRAMES.values(), ids=HOSTILE_FRAMES.keys()
+)
+def test_hostile_frames_rejected_in_place(payload: bytes) -> None:
+    # Transports hand large frames over in a bytearray, parsed in place.
+    with pytest.raises(ProtocolError):
+        sandbox.channel._decode_owned(bytearray(payload))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=60), st.booleans())
+def test_decode_in_place_agrees_with_decode(tail: bytes, binary: bool) -> None:
+    payload = BINARY_FRAME_MARK + tail if binary else b'{"v":' + tail + b"}"
+    in_place = _outcome(sandbox.channel._decode_owned, bytearray(payload))
+    assert in_place == _outcome(decode, payload)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        JSON_SCALARS | st.binary(max_size=40),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(st.text(max_size=3), children, max_size=4)
+        ),
+        max_leaves=15,
+    )
+)
+def test_binary_round_trip_in_place(value: Any) -> None:
+    message = {"v": value}
+    decoded = sandbox.channel._decode_owned(bytearray(encode(message)))
+    assert decoded == message
+    assert not _holds_bytearray(decoded)
+
+
+def _holds_bytearray(value: Any) -> bool:
+    if type(value) is bytearray:
+        return True
+    if isinstance(value, dict):
+        value = list(value.values())
+    return isinstance(value, list) and any(map(_holds_bytearray, value))
+
+
 def _channel_pair(max_bytes: int) -> tuple[Channel, Channel]:
     left, right = os.pipe(), os.pipe()
     near = StreamTransport(right[0], left[1], max_message_bytes=max_bytes)

@@ -831,8 +831,8 @@ def test_printing_plugin_stays_under_file_limit(
         {"plugins": {"chatty": {"resources": {"file_size_mb": 2}}}}
     )
     # 12 MiB of output in all, six times the worker's file size limit.
-    for _ in range(24):
-        assert host.execute_plugin("chatty", "talk", {"size": 512 * 1024}) > 0
+    for _ in range(192):
+        assert host.execute_plugin("chatty", "talk", {"size": 64 * 1024}) > 0
 
 
 def test_broken_manifest_spares_other_plugins(

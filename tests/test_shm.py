@@ -185,6 +185,9 @@ class SegmentView:
         value: int = struct.unpack_from("=I", self._map, offset)[0]
         return value
 
+    def write_u32(self, offset: int, value: int) -> None:
+        struct.pack_into("=I", self._map, offset, value)
+
     def write_u64(self, offset: int, value: int) -> None:
         struct.pack_into("=Q", self._map, offset, value)
 
@@ -238,6 +241,25 @@ def test_echo_round_trip(start_peer: StartPeer, size: int) -> None:
     peer.transport.send(payload, timeout=PATIENCE)
 
     assert peer.transport.recv(PATIENCE) == payload
+
+
+def test_large_frame_returned_in_owned_bytearray(
+    start_peer: StartPeer,
+) -> None:
+    peer = start_peer("echo")
+    first, second = os.urandom(300_000), os.urandom(300_000)
+
+    peer.transport.send(first, timeout=PATIENCE)
+    received = peer.transport.recv(PATIENCE)
+    assert type(received) is bytearray
+    assert received == first
+    # The transport keeps no hold on it: the caller may resize it, and
+    # the next frame goes to a buffer of its own.
+    received.clear()
+    peer.transport.send(second, timeout=PATIENCE)
+
+    assert peer.transport.recv(PATIENCE) == second
+    assert received == b""
 
 
 def test_frame_larger_than_ring(start_peer: StartPeer) -> None:
@@ -455,6 +477,59 @@ def test_wake_call_when_reader_sleeps(start_peer: StartPeer) -> None:
 
     assert wakes_by_writer == 1
     assert int(reader_waits) >= 1
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_cpu_words_name_where_each_side_waited(start_peer: StartPeer) -> None:
+    host_cpu, peer_cpu = sorted(os.sched_getaffinity(0))[:2]
+    allowed = os.sched_getaffinity(0)
+    peer = start_peer("echo")
+    os.sched_setaffinity(peer.process.pid, {peer_cpu})
+    os.sched_setaffinity(0, {host_cpu})
+    words: tuple[int, int] = (-1, -1)
+    try:
+        # A side writes its word when it starts to wait, so the worker's
+        # word changes only at the wait after the first round trip here.
+        deadline = time.monotonic() + PATIENCE
+        while words != (host_cpu, peer_cpu) and time.monotonic() < deadline:
+            peer.transport.send(b"ping", timeout=PATIENCE)
+            assert peer.transport.recv(PATIENCE) == b"ping"
+            time.sleep(0.01)
+            words = (
+                peer.view.read_u32(lib.SANDBOX_RING_HOST_CPU),
+                peer.view.read_u32(lib.SANDBOX_RING_WORKER_CPU),
+            )
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+    assert words == (host_cpu, peer_cpu)
+
+
+@pytest.mark.parametrize("claimed", ["this CPU", 0, 2**32 - 1])
+def test_false_cpu_hint_changes_only_how_host_waits(
+    claimed: str | int,
+) -> None:
+    segment = ShmChannelSegment.create(TINY)
+    view = SegmentView(segment)
+    transport = ShmTransport(segment, max_message_bytes=1024, spin_ns=10**9)
+    try:
+        with pytest.raises(TimeoutError):
+            transport.recv(0.01)
+        own = view.read_u32(lib.SANDBOX_RING_HOST_CPU)
+        value = own if claimed == "this CPU" else int(claimed)
+        view.write_u32(lib.SANDBOX_RING_WORKER_CPU, value)
+
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            transport.recv(0.2)
+        waited = time.monotonic() - started
+        view.send_to_host(0, frame(b"still heard"))
+
+        assert transport.recv(PATIENCE) == b"still heard"
+        assert 0.2 <= waited < PATIENCE
+    finally:
+        view.close()
+        transport.close()
 
 
 # -- a hostile peer -----------------------------------------------------------

@@ -33,6 +33,8 @@ until a socket is used.
 from __future__ import annotations
 
 import _thread
+import array
+import fcntl
 import json
 import math
 import os
@@ -90,20 +92,32 @@ class PeerGone(Exception):
     """The peer closed its end, reset the connection or a wake fd fired."""
 
 
+class ChannelBroken(ProtocolError):
+    """The transport cannot send another frame: the peer corrupted it, or
+    an earlier send stopped inside a frame."""
+
+
 class Transport(Protocol):
     """Moves whole frame payloads between two processes."""
 
     def send(self, payload: bytes, *, timeout: float | None = None) -> None:
         """Send one frame, raising TimeoutError if it cannot go out in time."""
 
-    def recv(self, timeout: float | None) -> bytes:
-        """Return the payload of the next whole frame."""
+    def recv(self, timeout: float | None) -> bytes | bytearray:
+        """Return the payload of the next whole frame.
+
+        A bytearray must be one that no other code holds, because the
+        channel parses it in place.
+        """
 
     def close(self) -> None:
         """Release the transport's descriptors; calling again does nothing."""
 
     def fileno(self) -> int:
         """Return the descriptor that turns readable when data arrives."""
+
+    def pending(self) -> bool:
+        """Return whether bytes have arrived that recv() has not returned."""
 
 
 class Request(NamedTuple):
@@ -316,15 +330,16 @@ def encode(message: Mapping[str, Any]) -> bytes:
     non-JSON types, cycles and nesting deeper than MAX_DEPTH (a binary
     marker counts as one level).
     """
-    if not isinstance(message, Mapping):
+    if type(message) is dict:
+        if _FAST_ENCODE:
+            payload = _encode_fast(message)
+            if payload is not None:
+                return payload
+    elif not isinstance(message, Mapping):
         raise ProtocolError(
             f"message must be a JSON object, got {_json_type(message)}: "
             f"{_show(message)}"
         )
-    if _FAST_ENCODE and type(message) is dict:
-        payload = _encode_fast(message)
-        if payload is not None:
-            return payload
     return _encode_stdlib(message)
 
 
@@ -415,7 +430,8 @@ def _binary_frame(text: bytes, attachments: list[_BytesLike]) -> bytes:
 _FAST_ENCODE = False
 _FAST_DECODE = False
 _ORJSON_OPTIONS = 0
-_json_scan: Callable[[bytes, int, int], int]
+_json_scan: Callable[[Any, int, int], int]
+_buffer_of: Callable[[bytes | bytearray], Any]
 _SCAN_TOO_DEEP = -1
 
 
@@ -427,7 +443,7 @@ def enable_fast_codec() -> bool:
     again after its bootstrap has put the installed packages on sys.path.
     """
     global _FAST_ENCODE, _FAST_DECODE, _ORJSON_OPTIONS
-    global orjson, _json_scan, _SCAN_TOO_DEEP
+    global orjson, _json_scan, _buffer_of, _SCAN_TOO_DEEP
     try:
         import orjson
     except ImportError:  # the standard library's json covers every case
@@ -441,9 +457,10 @@ def enable_fast_codec() -> bool:
     )
     _FAST_ENCODE = True
     try:
-        from sandbox._native import lib
+        from sandbox._native import ffi, lib
 
         _json_scan = lib.sandbox_json_scan
+        _buffer_of = ffi.from_buffer
         _SCAN_TOO_DEEP = lib.SANDBOX_JSON_TOO_DEEP
     except (ImportError, AttributeError):  # no C extension, or an old one
         return False
@@ -531,7 +548,18 @@ def decode(payload: bytes) -> dict[str, Any]:
     ProtocolError. Binary markers come back as bytes.
     """
     if type(payload) is not bytes:
-        # The C scan reads bytes only, and a bytearray could change under it.
+        # A bytearray the caller still holds could change under the parser.
+        payload = bytes(payload)
+    return _decode_owned(payload)
+
+
+def _decode_owned(payload: bytes | bytearray) -> dict[str, Any]:
+    """Do what decode() does, to a payload that no other code holds.
+
+    A bytearray is parsed in place: the transports return large frames
+    in one, and copying them again would cost as much as receiving them.
+    """
+    if type(payload) is not bytes and type(payload) is not bytearray:
         payload = bytes(payload)
     text, attachments = _split_frame(payload)
     markers_allowed = bool(attachments)
@@ -545,7 +573,9 @@ def decode(payload: bytes) -> dict[str, Any]:
     return message
 
 
-def _decode_stdlib(text: bytes, *, markers_allowed: bool) -> dict[str, Any]:
+def _decode_stdlib(
+    text: bytes | bytearray, *, markers_allowed: bool
+) -> dict[str, Any]:
     try:
         string = text.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -596,7 +626,7 @@ def _check_no_lone_surrogates(value: dict[str, Any]) -> None:
 
 
 def _decode_fast(
-    text: bytes, *, markers_allowed: bool
+    text: bytes | bytearray, *, markers_allowed: bool
 ) -> dict[str, Any] | None:
     """Parse with orjson, or return None to leave the text to
     _decode_stdlib(), which then raises with the precise reason.
@@ -607,7 +637,9 @@ def _decode_fast(
     and flags long integers. Re-encoding the result and scanning it again
     counts the members orjson kept, which is lower when a key repeats.
     """
-    members = _json_scan(text, len(text), MAX_DEPTH)
+    # cffi passes bytes as char * itself; a bytearray needs a buffer.
+    scanned = text if type(text) is bytes else _buffer_of(text)
+    members = _json_scan(scanned, len(text), MAX_DEPTH)
     if members == _SCAN_TOO_DEEP:
         raise _too_deep()
     if members < 0:  # a long integer, which orjson may turn into a float
@@ -621,11 +653,18 @@ def _decode_fast(
     if members == 0:
         return value
     canonical = orjson.dumps(value)
-    if _json_scan(canonical, len(canonical), MAX_DEPTH) != members:
+    # Text that orjson wrote, as every peer of this package does, comes
+    # back byte for byte, and so with the same members.
+    if (
+        canonical != text
+        and _json_scan(canonical, len(canonical), MAX_DEPTH) != members
+    ):
         return None
     # Canonical output writes the key unescaped; a key that merely ends in
     # an escaped quote and "$bytes" is sent to the exact check as well.
-    if not markers_allowed and b'"$bytes":' in canonical:
+    # Looking for "$" first is a memchr(): the search for the whole key
+    # took 0.3 ms on a 1 MiB string of one repeated letter.
+    if not markers_allowed and b"$" in canonical and b'"$bytes":' in canonical:
         return None
     return value
 
@@ -633,10 +672,12 @@ def _decode_fast(
 # -- binary frames ---------------------------------------------------------
 
 
-def _split_frame(payload: bytes) -> tuple[bytes, list[bytes]]:
+def _split_frame(
+    payload: bytes | bytearray,
+) -> tuple[bytes | bytearray, list[bytes]]:
     """Return a payload's JSON text and its attachments, checking bounds
     before anything is sliced or allocated."""
-    if payload[:1] != BINARY_FRAME_MARK:
+    if not payload or payload[0] != BINARY_FRAME_MARK[0]:
         return payload, []
     size = len(payload)
     if size < _BINARY_HEADER.size:
@@ -662,10 +703,12 @@ def _split_frame(payload: bytes) -> tuple[bytes, list[bytes]]:
             "the JSON text needs at least one"
         )
 
+    # Each attachment is copied once, into bytes, from a bytearray too.
+    view = memoryview(payload)
     attachments = []
     offset = text_end
     for length in lengths:
-        attachments.append(payload[offset : offset + length])
+        attachments.append(view[offset : offset + length].tobytes())
         offset += length
     return payload[table_end:text_end], attachments
 
@@ -771,6 +814,9 @@ def validate_request(msg: Mapping[str, Any]) -> Request:
     The message must hold exactly jsonrpc "2.0", an integer id in
     0..MAX_ID, a method name and params that are an object or an array.
     """
+    request = _plain_request(msg)
+    if request is not None:
+        return request
     _check_object("request", msg)
     _check_keys("request", msg, required=_REQUEST_KEYS)
     _check_version(msg)
@@ -787,13 +833,57 @@ def validate_request(msg: Mapping[str, Any]) -> Request:
     return Request(request_id, method, params)
 
 
+def _plain_request(msg: Mapping[str, Any]) -> Request | None:
+    """Return the request if it passes every check of validate_request()
+    in its most common form, else None.
+
+    Each condition is that of a check below or a stricter one (exact
+    types), so a message that fails here still gets the full checks and
+    the error message they give. The helper calls that this inlines took
+    about half of validate_request()'s 0.7 us on a 2-vCPU AMD EPYC VM.
+    """
+    if type(msg) is not dict or len(msg) != 4:
+        return None
+    try:
+        version = msg["jsonrpc"]
+        request_id = msg["id"]
+        method = msg["method"]
+        params = msg["params"]
+    except KeyError:
+        # Four keys, but not these four: the full checks name the fault.
+        return None
+    if (
+        type(version) is str
+        and version == "2.0"
+        and type(request_id) is int
+        and 0 <= request_id <= MAX_ID
+        and type(method) is str
+        and 0 < len(method) <= MAX_METHOD_LENGTH
+        and "\x00" not in method
+        and not method.startswith("rpc.")
+        and (type(params) is dict or type(params) is list)
+    ):
+        return Request(request_id, method, params)
+    return None
+
+
 def validate_response(msg: Mapping[str, Any], expected_id: int) -> Response:
     """Return the reply to call ``expected_id``, or raise ProtocolError.
 
     Beyond the shape rules of a reply, the id must equal ``expected_id``:
     a reply with any other id, null included, matches no call in progress.
     """
-    response = _check_response_shape(msg)
+    return match_response(_check_response_shape(msg), expected_id)
+
+
+def match_response(response: Response, expected_id: int) -> Response:
+    """Return ``response`` if it is the reply to call ``expected_id``.
+
+    Raises ProtocolError for any other id, null included, since such a
+    reply matches no call in progress. ``response`` must come from
+    Channel.receive_message() or validate_response(), which check its
+    shape.
+    """
     if response.id != expected_id:
         reason = f"reply to a call never made: id {_show(response.id)}"
         if response.error is not None:
@@ -804,6 +894,24 @@ def validate_response(msg: Mapping[str, Any], expected_id: int) -> Response:
 
 def _check_response_shape(msg: Mapping[str, Any]) -> Response:
     """Check a reply's fields without matching its id to a call."""
+    # The common case, a result, inlined as in _plain_request(): exactly
+    # these three keys, so no "error", and the same version and id checks.
+    if (
+        type(msg) is dict
+        and len(msg) == 3
+        and "result" in msg
+        and "id" in msg
+        and "jsonrpc" in msg
+    ):
+        version = msg["jsonrpc"]
+        response_id = msg["id"]
+        if (
+            type(version) is str
+            and version == "2.0"
+            and type(response_id) is int
+            and 0 <= response_id <= MAX_ID
+        ):
+            return Response(response_id, msg["result"], None)
     _check_object("response", msg)
     has_result = "result" in msg
     has_error = "error" in msg
@@ -951,6 +1059,12 @@ class _Deadline:
         return math.ceil(remaining * 1000)
 
 
+# Frames up to this size are returned as bytes, which the C scan reads
+# without a buffer object. Copying a larger frame would cost as much as
+# reading it.
+_COPIED_FRAME_BYTES = 64 << 10
+
+
 class _Buffer:
     __slots__ = ("data", "filled")
 
@@ -1025,6 +1139,10 @@ class StreamTransport:
         self._recv_fault: str | None = None
         self._send_fault: str | None = None
         self._closed = False
+        # FIONREAD, looked up at the first pending(): importing termios
+        # costs a worker, which never calls it, about 0.4 ms at start-up.
+        self._fionread = 0
+        self._readable = array.array("i", [0])
 
     def _poller(self, fd: int, event: int) -> select.poll:
         poller = select.poll()
@@ -1035,6 +1153,21 @@ class StreamTransport:
 
     def fileno(self) -> int:
         return self._read_fd
+
+    def pending(self) -> bool:
+        """Return whether the peer sent bytes that recv() has not returned.
+
+        It reads nothing and makes one system call, an ioctl. End of stream
+        is not pending, so a peer that exited is left to recv() and send().
+        """
+        if self._header.filled or self._body is not None:
+            return True
+        if not self._fionread:
+            import termios
+
+            self._fionread = termios.FIONREAD
+        fcntl.ioctl(self._read_fd, self._fionread, self._readable)
+        return self._readable[0] != 0
 
     def close(self) -> None:
         if self._closed:
@@ -1054,11 +1187,13 @@ class StreamTransport:
 
     # -- receiving
 
-    def recv(self, timeout: float | None) -> bytes:
+    def recv(self, timeout: float | None) -> bytes | bytearray:
         """Return the payload of the next frame.
 
-        Raises TimeoutError when ``timeout`` seconds pass first. The bytes
-        read so far are kept, so the next call continues the same frame.
+        A frame longer than _COPIED_FRAME_BYTES comes back in the bytearray
+        it was read into, which the caller then owns. Raises TimeoutError
+        when ``timeout`` seconds pass first. The bytes read so far are
+        kept, so the next call continues the same frame.
         Raises PeerGone on end of stream or when a wake fd fires, and
         ProtocolError when the declared length is 0 or above
         max_message_bytes, after which every recv() raises it again.
@@ -1072,10 +1207,10 @@ class StreamTransport:
                 self._fill(self._header, deadline)
                 self._body = _Buffer(self._declared_length())
             self._fill(self._body, deadline)
-            payload = bytes(self._body.data)
+            data = self._body.data
             self._header.filled = 0
             self._body = None
-            return payload
+            return data if len(data) > _COPIED_FRAME_BYTES else bytes(data)
 
     def _declared_length(self) -> int:
         length: int = HEADER.unpack(self._header.data)[0]
@@ -1217,7 +1352,7 @@ class Channel:
     Outgoing messages are validated before they are sent, so a bad method
     name fails at the sender. Incoming ones are decoded strictly and must be
     a valid request or a validly shaped reply. The caller matches a reply's
-    id to its call with validate_response().
+    id to its call with match_response() or validate_response().
     """
 
     def __init__(
@@ -1268,15 +1403,35 @@ class Channel:
         Raises ProtocolError for a malformed or oversized message, PeerGone
         when the peer is gone and TimeoutError when ``timeout`` passes.
         """
+        message = self._receive_decoded(timeout)
+        _check_envelope(message)
+        return message
+
+    def receive_message(self, timeout: float | None) -> Request | Response:
+        """Return the next message as a checked Request or Response.
+
+        It runs the checks of receive() once, where receive() followed by
+        validate_request() or validate_response() runs them twice. Raises
+        what receive() raises.
+        """
+        message = self._receive_decoded(timeout)
+        if is_request(message):
+            return validate_request(message)
+        return _check_response_shape(message)
+
+    def _receive_decoded(self, timeout: float | None) -> dict[str, Any]:
         payload = self._transport.recv(timeout)
         if len(payload) > self._max_message_bytes:
             raise ProtocolError(
                 f"received message of {len(payload)} bytes exceeds the "
                 f"maximum of {self._max_message_bytes}"
             )
-        message = decode(payload)
-        _check_envelope(message)
-        return message
+        # The transport hands over the payload, so it is parsed in place.
+        return _decode_owned(payload)
+
+    def pending(self) -> bool:
+        """Return whether the peer sent bytes not yet received."""
+        return self._transport.pending()
 
     def close(self) -> None:
         self._transport.close()
@@ -1294,4 +1449,9 @@ class Channel:
                 f"message of {len(payload)} bytes exceeds the maximum of "
                 f"{self._max_message_bytes}: {_show(message)}"
             )
-        self._transport.send(payload, timeout=timeout)
+        try:
+            self._transport.send(payload, timeout=timeout)
+        except ProtocolError as error:
+            # The payload passed every check above, so the fault is the
+            # transport's, and no later send can succeed either.
+            raise ChannelBroken(str(error)) from error

@@ -174,9 +174,7 @@ class PluginHost:
         seconds = self._call_timeout(plugin, timeout)
         with self._call_lock(plugin):
             while True:
-                worker = self._worker(manifest)
-                with self._pool_lock:
-                    self._busy_workers[plugin] = worker
+                worker = self._worker(manifest, busy=True)
                 try:
                     return worker.call(method, arguments, seconds)
                 except WorkerStopped:
@@ -197,7 +195,7 @@ class PluginHost:
         """Return the worker's report of its own credentials and state.
 
         The report comes from inside the sandbox, so plugin code can forge
-        it. Its ``"kernel"`` entry holds what the host itself read from
+        it. Its ``"kernel"`` entry contains what the host itself read from
         /proc/PID/status when the worker started.
         """
         manifest = self._manifest(plugin)
@@ -284,15 +282,24 @@ class PluginHost:
         return manifest
 
     def _call_lock(self, plugin: str) -> threading.Lock:
-        with self._pool_lock:
-            return self._call_locks.setdefault(plugin, threading.Lock())
+        # Locks are never removed, so one that exists is found without
+        # taking the pool lock.
+        lock = self._call_locks.get(plugin)
+        if lock is None:
+            with self._pool_lock:
+                lock = self._call_locks.setdefault(plugin, threading.Lock())
+        return lock
 
-    def _worker(self, manifest: PluginManifest) -> WorkerProcess:
+    def _worker(
+        self, manifest: PluginManifest, *, busy: bool = False
+    ) -> WorkerProcess:
         """Return a live worker for ``manifest``, starting one if needed.
 
         Called with the plugin's call lock held. Before a start, the least
         recently used worker is stopped until a slot is free, so that at
         most ``max_workers`` are alive even while threads start workers.
+        ``busy`` records the worker as the one that runs the plugin's
+        call, for interrupt().
         """
         while True:
             with self._pool_lock:
@@ -301,6 +308,8 @@ class PluginHost:
                 worker = self._workers.get(manifest.name)
                 if worker is not None and worker.alive:
                     self._workers.move_to_end(manifest.name)
+                    if busy:
+                        self._busy_workers[manifest.name] = worker
                     return worker
                 self._workers.pop(manifest.name, None)
                 if self._slots_in_use() < self.max_workers:
@@ -314,7 +323,11 @@ class PluginHost:
                 _, victim = self._workers.popitem(last=False)
                 self._stopping += 1
             self._stop_pooled(victim)
-        return self._start_worker(manifest)
+        worker = self._start_worker(manifest)
+        if busy:
+            with self._pool_lock:
+                self._busy_workers[manifest.name] = worker
+        return worker
 
     def _slots_in_use(self) -> int:
         return len(self._workers) + self._starting + self._stopping
@@ -486,6 +499,8 @@ class PluginHost:
 
 
 def _arguments(params: object) -> dict[str, Any]:
+    if type(params) is dict:
+        return dict(params)
     if params is None:
         return {}
     if not isinstance(params, Mapping):

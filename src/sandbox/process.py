@@ -210,7 +210,11 @@ class WorkerProcess:
     def _shut_down(self) -> None:
         if self.alive and self._channel is not None:
             try:
-                self._channel.send_request("sandbox.shutdown", {})
+                # Bounded: a worker that stopped reading its channel must
+                # not hold up the host's close().
+                self._channel.send_request(
+                    "sandbox.shutdown", {}, timeout=STOP_GRACE
+                )
                 self._wait_exit(STOP_GRACE)
             except (SandboxError, rpc.PeerGone, OSError):
                 pass
@@ -286,31 +290,51 @@ class WorkerProcess:
     def _call(self, method: str, params: Any, timeout: float) -> Any:
         assert self._channel is not None
         deadline = time.monotonic() + timeout
+        # Bytes that came before the request cannot be its reply. Read as
+        # the reply, a frame sent ahead would become this call's result.
+        if self._channel.pending():
+            raise self._worker_fault(
+                ProtocolError(
+                    f"worker of plugin {self.name!r} sent data that no "
+                    "call requested"
+                ),
+                timeout,
+            )
         try:
-            # A ProtocolError raised here is about the caller's params and
-            # comes before any byte is sent, so the worker is left running.
-            call_id = self._channel.send_request(method, params)
+            # A ProtocolError other than ChannelBroken is about the caller's
+            # params and comes before any byte is sent, so the worker is
+            # left running.
+            call_id = self._channel.send_request(
+                method, params, timeout=timeout
+            )
         except rpc.PeerGone:
             raise self._death_error() from None
+        except (TimeoutError, rpc.ChannelBroken) as error:
+            raise self._worker_fault(error, timeout) from None
         except ProtocolError as error:
             raise ProtocolError(
                 f"call {method[:64]!r} of plugin {self.name!r}: {error}"
             ) from error
+        # After the send, so that it runs while the worker works.
         self._trim_log()
         try:
             return self._await_reply(call_id, deadline)
-        except TimeoutError:
-            self._fail()
-            self._audit.emit("timeout_kill", self.name, seconds=timeout)
-            raise PluginTimeout(self.name, timeout) from None
+        except (TimeoutError, ProtocolError) as error:
+            raise self._worker_fault(error, timeout) from None
         except rpc.PeerGone:
             raise self._death_error() from None
-        except ProtocolError as error:
-            self._fail()
-            self._audit.emit(
-                "protocol_violation", self.name, reason=str(error)
-            )
-            raise
+
+    def _worker_fault(
+        self, error: TimeoutError | ProtocolError, timeout: float
+    ) -> SandboxError:
+        """Kill the worker after a timeout or a protocol violation, record
+        it and return the error the call raises."""
+        self._fail()
+        if isinstance(error, TimeoutError):
+            self._audit.emit("timeout_kill", self.name, seconds=timeout)
+            return PluginTimeout(self.name, timeout)
+        self._audit.emit("protocol_violation", self.name, reason=str(error))
+        return error
 
     def _await_reply(self, call_id: int, deadline: float) -> Any:
         assert self._channel is not None
@@ -321,8 +345,8 @@ class WorkerProcess:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
-            message = self._channel.receive(remaining)
-            if rpc.is_request(message):
+            message = self._channel.receive_message(remaining)
+            if isinstance(message, rpc.Request):
                 served += 1
                 if served > MAX_CAPABILITY_REQUESTS_PER_CALL:
                     raise ProtocolError(
@@ -330,9 +354,9 @@ class WorkerProcess:
                         f"{MAX_CAPABILITY_REQUESTS_PER_CALL} capability "
                         "requests in one call"
                     )
-                self._serve_capability(rpc.validate_request(message), deadline)
+                self._serve_capability(message, deadline)
                 continue
-            reply = rpc.validate_response(message, call_id)
+            reply = rpc.match_response(message, call_id)
             if reply.error is None:
                 return reply.result
             raise self._reply_error(reply.error)
@@ -421,10 +445,16 @@ class WorkerProcess:
         return error
 
     def _trim_log(self) -> None:
-        if self._plan is not None:
-            fd = self._plan.log_fd
-            if os.fstat(fd).st_size > LOG_MAX_BYTES:
-                os.ftruncate(fd, 0)
+        if self._plan is None:
+            return
+        fd = self._plan.log_fd
+        size = os.fstat(fd).st_size
+        # A quarter of the file size limit leaves room for the output of
+        # the calls made between two checks.
+        file_limit = (self.config.resources.file_size_mb or 0) * (1 << 20)
+        threshold = min(LOG_MAX_BYTES, file_limit // 4)
+        if size > threshold:
+            os.ftruncate(fd, 0)
 
     def _log_tail(self) -> str:
         if self._plan is None:
@@ -487,7 +517,7 @@ def printable(text: str, limit: int, *, keep_lines: bool = False) -> str:
 
 
 def read_kernel_status(pid: int) -> dict[str, str]:
-    """Return the security fields of /proc/PID/status, as the kernel sees."""
+    """Return the security fields of /proc/PID/status, read by the host."""
     fields = ("Uid", "Gid", "Groups", "CapEff", "CapBnd", "NoNewPrivs")
     wanted = (*fields, "Seccomp")
     status: dict[str, str] = {}

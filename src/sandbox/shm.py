@@ -38,12 +38,17 @@ lib: Any = _native.lib
 
 TRANSPORTS = ("auto", "shm", "stream")
 DEFAULT_RING_BYTES = 1 << 20
-# Meant to outlast the reply to a short call: a no-op call took 15 to 30 us
-# on a 2-vCPU AMD EPYC VM. A host whose worker runs on another CPU then
-# usually needs no futex wait, and the worker no FUTEX_WAKE. A spin costs
-# the waiter up to this much CPU time, which a worker pays from its
-# RLIMIT_CPU budget.
+# How long a worker polls for the next request before it sleeps: long
+# enough for a host that calls again at once, since a no-op call took 15
+# to 30 us on a 2-vCPU AMD EPYC VM. The host then needs no FUTEX_WAKE.
+# A spin costs the worker up to this much CPU time, which it pays from its
+# RLIMIT_CPU budget, so it stays short.
 DEFAULT_SPIN_NS = 50_000
+# How long the host polls for a reply. On the same VM, a no-op call after
+# a 1 ms idle gap took 50 to 130 us, most of it waking the worker, which
+# outlasted DEFAULT_SPIN_NS. A host that sleeps as well adds a second
+# wake-up of that length. The host pays the spin from its own CPU time.
+HOST_SPIN_NS = 200_000
 # Frames up to this size are received into one reused buffer, and larger
 # ones into a buffer of their own size.
 RECEIVE_BUFFER_BYTES = 64 << 10
@@ -99,15 +104,18 @@ def resolve_transport(name: str) -> str:
     return "stream"
 
 
-def default_spin_ns() -> int:
-    """Return DEFAULT_SPIN_NS, or 0 on a machine with one CPU.
+def default_spin_ns(*, host: bool = False) -> int:
+    """Return DEFAULT_SPIN_NS, or HOST_SPIN_NS for ``host``, or 0 on a
+    machine with one CPU.
 
     There the peer cannot run while this process spins. The machine's
     count, not this process's affinity, decides, because the peer may run
-    on a CPU this process may not use. When the peer shares this
-    process's CPU, the C side stops spinning after a few spins in vain.
+    on a CPU this process may not use. When the peer last waited on this
+    process's CPU, the C side hands the CPU over while it spins.
     """
-    return DEFAULT_SPIN_NS if (os.cpu_count() or 1) > 1 else 0
+    if (os.cpu_count() or 1) < 2:
+        return 0
+    return HOST_SPIN_NS if host else DEFAULT_SPIN_NS
 
 
 # -- the segment -------------------------------------------------------------
@@ -261,31 +269,50 @@ def _seal_flags() -> int:
 # -- the transport -----------------------------------------------------------
 
 
+_monotonic_ns = time.monotonic_ns
+_ring_recv = lib.sandbox_ring_recv
+_ring_send = lib.sandbox_ring_send
+_unpack = ffi.unpack
+_OK = lib.SANDBOX_RING_OK
+_INTERRUPTED = lib.SANDBOX_RING_INTERRUPTED
+_NEED_BUFFER = lib.SANDBOX_RING_NEED_BUFFER
+
+
+def _timeout_ns(timeout: float | None) -> int:
+    """Return ``timeout`` in nanoseconds as the C calls take it, -1 for
+    none."""
+    return -1 if timeout is None else max(0, int(timeout * 1e9))
+
+
 class _Deadline:
+    """The end of a wait that takes more than one C call.
+
+    The first call of a wait gets _timeout_ns() and needs no deadline
+    object, which saves a tenth of a microsecond on most frames.
+    """
+
     __slots__ = ("_end", "timeout")
 
-    def __init__(self, timeout: float | None) -> None:
+    def __init__(self, timeout: float | None, started_ns: int) -> None:
         self.timeout = timeout
         self._end = (
-            None
-            if timeout is None
-            else time.monotonic_ns() + max(0, int(timeout * 1e9))
+            -1 if timeout is None else started_ns + _timeout_ns(timeout)
         )
 
     def remaining_ns(self) -> int:
         """Return the nanoseconds left, at least 0, or -1 for no limit."""
-        if self._end is None:
+        if self._end < 0:
             return -1
-        return max(0, self._end - time.monotonic_ns())
+        return max(0, self._end - _monotonic_ns())
 
 
 class ShmTransport:
     """Frames over one end of a ShmChannelSegment.
 
     The transport owns the segment and unmaps it in close(). ``spin_ns``
-    is how long a wait polls before it sleeps (default_spin_ns() when
-    None). On the host, ``pidfd`` and ``monitor`` make a worker's death
-    end every wait at once with PeerGone.
+    is how long a wait polls before it sleeps (when None, default_spin_ns()
+    for the segment's side). On the host, ``pidfd`` and ``monitor`` make a
+    worker's death end every wait at once with PeerGone.
 
     One thread may send while another receives. abort() and close() may
     come from any thread: both end the waits in progress with PeerGone,
@@ -312,7 +339,11 @@ class ShmTransport:
         self._segment = segment
         self._max_message_bytes = max_message_bytes
         self._endpoint = ffi.new("struct sandbox_ring_endpoint *")
-        self._attach(default_spin_ns() if spin_ns is None else spin_ns)
+        if spin_ns is None:
+            spin_ns = default_spin_ns(
+                host=segment.side == lib.SANDBOX_RING_HOST
+            )
+        self._attach(spin_ns)
         self._small = ffi.new("char[]", RECEIVE_BUFFER_BYTES)
         self._large: bytearray | None = None
         self._large_pointer: Any = None
@@ -371,6 +402,17 @@ class ShmTransport:
             "readable; call recv() from a thread instead"
         )
 
+    def pending(self) -> bool:
+        """Return whether the peer published bytes that recv() has not
+        returned.
+
+        It reads one index from the segment and makes no system call.
+        Raises PeerGone after close().
+        """
+        with self._recv_lock:
+            self._check_open()
+            return bool(lib.sandbox_ring_pending(self._endpoint))
+
     def abort(self) -> None:
         """End every wait, now and later, with PeerGone.
 
@@ -404,46 +446,72 @@ class ShmTransport:
 
     # -- receiving
 
-    def recv(self, timeout: float | None) -> bytes:
+    def recv(self, timeout: float | None) -> bytes | bytearray:
         """Return the payload of the next frame.
 
-        Raises TimeoutError when ``timeout`` seconds pass first, and keeps
-        the bytes received so far for the next call. Raises PeerGone when
-        the peer closed its end or the transport was aborted, and
+        A frame longer than RECEIVE_BUFFER_BYTES comes back in a bytearray
+        that the caller owns, which saves copying it once more. Raises
+        TimeoutError when ``timeout`` seconds pass first, and keeps the
+        bytes received so far for the next call. Raises PeerGone when the
+        peer closed its end or the transport was aborted, and
         ProtocolError when the peer corrupted its ring index or declared
         a length of 0 or above max_message_bytes, after which every
         recv() raises it again.
         """
         with self._recv_lock:
-            self._check_open()
+            if self._closed:
+                raise PeerGone("transport is closed")
             if self._recv_fault is not None:
                 raise ProtocolError(self._recv_fault)
-            deadline = _Deadline(timeout)
-            while True:
-                status = self._recv_once(deadline)
-                if status == lib.SANDBOX_RING_OK:
-                    return self._take_payload()
-                if status == lib.SANDBOX_RING_NEED_BUFFER:
-                    self._large = bytearray(self._length[0])
-                    self._large_pointer = ffi.from_buffer(self._large)
-                elif status != lib.SANDBOX_RING_INTERRUPTED:
-                    raise self._recv_error(status, deadline)
+            started_ns = 0 if timeout is None else _monotonic_ns()
+            if self._large is not None:
+                deadline = _Deadline(timeout, started_ns)
+                return self._recv_rest(deadline, _timeout_ns(timeout))
+            # Most frames take this one C call.
+            status = _ring_recv(
+                self._endpoint,
+                self._small,
+                RECEIVE_BUFFER_BYTES,
+                _timeout_ns(timeout),
+                self._length,
+            )
+            if status == _OK:
+                payload: bytes = _unpack(self._small, self._length[0])
+                return payload
+            deadline = _Deadline(timeout, started_ns)
+            self._continue_after(status, deadline)
+            return self._recv_rest(deadline, deadline.remaining_ns())
 
-    def _recv_once(self, deadline: _Deadline) -> int:
-        if self._large is None:
-            buffer, size = self._small, RECEIVE_BUFFER_BYTES
-        else:
-            buffer, size = self._large_pointer, len(self._large)
-        status: int = lib.sandbox_ring_recv(
-            self._endpoint, buffer, size, deadline.remaining_ns(), self._length
-        )
-        return status
+    def _recv_rest(
+        self, deadline: _Deadline, wait_ns: int
+    ) -> bytes | bytearray:
+        """Receive the rest of a frame that one C call did not finish."""
+        while True:
+            large = self._large
+            buffer = self._small if large is None else self._large_pointer
+            size = RECEIVE_BUFFER_BYTES if large is None else len(large)
+            status: int = _ring_recv(
+                self._endpoint, buffer, size, wait_ns, self._length
+            )
+            if status == _OK:
+                return self._take_payload()
+            self._continue_after(status, deadline)
+            wait_ns = deadline.remaining_ns()
 
-    def _take_payload(self) -> bytes:
-        if self._large is None:
-            payload: bytes = ffi.unpack(self._small, self._length[0])
+    def _continue_after(self, status: int, deadline: _Deadline) -> None:
+        """Prepare the next C call after ``status``, or raise its error."""
+        if status == _NEED_BUFFER:
+            self._large = bytearray(self._length[0])
+            self._large_pointer = ffi.from_buffer(self._large)
+        elif status != _INTERRUPTED:
+            raise self._recv_error(status, deadline)
+
+    def _take_payload(self) -> bytes | bytearray:
+        large = self._large
+        if large is None:
+            payload: bytes = _unpack(self._small, self._length[0])
             return payload
-        large = bytes(self._large)
+        # Dropping the cffi buffer first lets the caller resize it.
         self._large = self._large_pointer = None
         return large
 
@@ -479,7 +547,8 @@ class ShmTransport:
         step.
         """
         with self._send_lock:
-            self._check_open()
+            if self._closed:
+                raise PeerGone("transport is closed")
             if self._send_fault is not None:
                 raise ProtocolError(self._send_fault)
             size = len(payload)
@@ -491,31 +560,35 @@ class ShmTransport:
             data = (
                 payload if type(payload) is bytes else ffi.from_buffer(payload)
             )
-            status = self._send_frame(data, size, _Deadline(timeout))
-            if status != lib.SANDBOX_RING_OK:
+            status = self._send_frame(data, size, timeout)
+            if status != _OK:
                 raise self._send_error(status, size, timeout)
 
-    def _send_frame(self, data: Any, size: int, deadline: _Deadline) -> int:
+    def _send_frame(self, data: Any, size: int, timeout: float | None) -> int:
+        endpoint = self._endpoint
+        started_ns = 0 if timeout is None else _monotonic_ns()
         try:
-            while True:
-                status: int = lib.sandbox_ring_send(
-                    self._endpoint,
-                    data,
-                    size,
-                    deadline.remaining_ns(),
-                    self._sent,
+            status: int = _ring_send(
+                endpoint, data, size, _timeout_ns(timeout), self._sent
+            )
+            if status == _INTERRUPTED:
+                deadline = _Deadline(timeout, started_ns)
+            while status == _INTERRUPTED:
+                status = _ring_send(
+                    endpoint, data, size, deadline.remaining_ns(), self._sent
                 )
-                if status != lib.SANDBOX_RING_INTERRUPTED:
-                    return status
-        finally:
+        except BaseException:
             # A signal handler that raised between two calls left the
-            # frame half sent.
-            if self._endpoint.send_done != 0:
-                self._endpoint.send_done = 0
+            # frame half sent. Every other way out of the calls above
+            # leaves send_done at 0.
+            if endpoint.send_done != 0:
+                endpoint.send_done = 0
                 self._send_fault = (
                     "an earlier send was interrupted inside a frame, so "
                     "the ring is out of step"
                 )
+            raise
+        return status
 
     def _send_error(
         self, status: int, size: int, timeout: float | None

@@ -107,6 +107,7 @@ class Server:
         self.channel = channel
         self.manifest: dict[str, Any] = bootstrap["plugin"]
         self.granted = frozenset(bootstrap["capabilities"])
+        self.methods = frozenset(self.manifest["methods"])
         self.module: ModuleType | None = None
         self.load_error: BaseException | None = None
 
@@ -122,12 +123,18 @@ class Server:
     def serve(self) -> int:
         while True:
             try:
-                message = self.channel.receive(None)
-                request = rpc.validate_request(message)
+                request = self.channel.receive_message(None)
             except rpc.PeerGone:
                 return 0
             except ProtocolError as error:
                 self.channel.send_error(None, rpc.INVALID_REQUEST, str(error))
+                continue
+            if not isinstance(request, rpc.Request):
+                self.channel.send_error(
+                    None,
+                    rpc.INVALID_REQUEST,
+                    f"expected a request, got a reply to id {request.id!r}",
+                )
                 continue
             if request.method == "sandbox.shutdown":
                 self.channel.send_result(request.id, None)
@@ -192,7 +199,7 @@ class Server:
     def exported(self, method: str) -> Callable[..., Any]:
         if self.load_error is not None:
             raise self.load_error
-        if method not in self.manifest["methods"] or self.module is None:
+        if method not in self.methods or self.module is None:
             raise _Reply(
                 rpc.METHOD_NOT_FOUND, f"method {method!r} is not exported"
             )
@@ -208,13 +215,19 @@ class Server:
     def call_host(self, capability: str, params: dict[str, Any]) -> Any:
         """Send one capability request to the host and wait for its reply.
 
-        Even a capability this worker knows is not granted goes to the host,
+        Even a capability missing from this worker's grant goes to the host,
         which decides and records every denial in its audit log.
         """
         request_id = self.channel.send_request(
             f"capability.{capability}", params
         )
-        reply = rpc.validate_response(self.channel.receive(None), request_id)
+        message = self.channel.receive_message(None)
+        if isinstance(message, rpc.Request):
+            raise ProtocolError(
+                f"expected the reply to request {request_id}, got request "
+                f"{message.method[:64]!r}"
+            )
+        reply = rpc.match_response(message, request_id)
         if reply.error is None:
             return reply.result
         if reply.error["code"] == rpc.CAPABILITY_DENIED:
