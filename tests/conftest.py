@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import textwrap
 from collections.abc import Callable, Iterator, Mapping
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import sandbox
 from sandbox import PluginHost, Policy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,6 +50,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "make_host" in getattr(item, "fixturenames", ()):
             item.add_marker("uses_host")
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter that imports the same sandbox."""
+    package_parent = Path(sandbox.__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(package_parent))
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
 
 
 @pytest.fixture

@@ -12,19 +12,17 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import sandbox.channel
+from conftest import run_python
 from sandbox.channel import (
     HEADER,
     INVALID_REQUEST,
@@ -52,7 +50,6 @@ from sandbox.worker import Server
 
 MAX_BYTES = 1 << 20
 # Child processes import the same copy of the package as the tests do.
-SRC = Path(sandbox.channel.__file__).resolve().parents[1]
 KINDS = ["socketpair", "pipes"]
 
 
@@ -162,18 +159,6 @@ def _later(delay: float, action: Any, *args: Any) -> threading.Thread:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
-
-
-def _run_python(code: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(SRC))
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-        check=False,
-    )
 
 
 # -- stream transport: round trips -----------------------------------------
@@ -450,7 +435,7 @@ def test_send_after_peer_closed(raw_peer: RawPeer) -> None:
 
 
 def test_socket_send_survives_default_sigpipe() -> None:
-    result = _run_python(
+    result = run_python(
         """
         import signal, socket
         from sandbox.channel import PeerGone, StreamTransport
@@ -614,7 +599,7 @@ def test_decode_rejects_unterminated_deep_nesting() -> None:
 def test_deep_nesting_rejected_with_raised_recursion_limit() -> None:
     # Without the depth check the parser would recurse until the C stack
     # overflows, so the run is in a child process.
-    result = _run_python(
+    result = run_python(
         """
         import sys
         from sandbox.channel import decode
@@ -1196,7 +1181,7 @@ def test_channel_receive_reports_peer_gone(
 
 def test_module_imports_only_declared_dependencies() -> None:
     # orjson is a runtime dependency; _cffi_backend loads sandbox._native.
-    result = _run_python(
+    result = run_python(
         """
         import sys
         before = set(sys.modules)

@@ -14,7 +14,6 @@ import os
 import struct
 import subprocess
 import sys
-import textwrap
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from hypothesis import strategies as st
 from sandbox._native import lib as native
 
 import sandbox.channel
-from conftest import REPO, HostFactory, PluginWriter
+from conftest import REPO, HostFactory, PluginWriter, run_python
 from sandbox.channel import (
     BINARY_FRAME_MARK,
     BINARY_KEY,
@@ -75,18 +74,6 @@ def _frame(text: bytes, lengths: list[int], attachments: bytes) -> bytes:
     """Build a binary frame by hand; the table may lie about the rest."""
     table = struct.pack(f">{len(lengths) + 1}I", len(lengths), *lengths)
     return BINARY_FRAME_MARK + table + text + attachments
-
-
-def _run_python(code: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(SRC))
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
 
 
 # -- the JSON scan in C ----------------------------------------------------
@@ -736,7 +723,7 @@ def test_attachments_count_towards_message_limit() -> None:
 def test_codec_works_without_optional_module(
     blocked: str, fast_encode: bool, fast_decode: bool
 ) -> None:
-    result = _run_python(
+    result = run_python(
         f"""
         import sys
         sys.modules[{blocked!r}] = None
