@@ -33,7 +33,7 @@ from .errors import (
 )
 from .launcher import SpawnedProcess, SpawnRequest
 from .manifest import PluginManifest, discover_plugins
-from .policy import PolicySet, Resources
+from .policy import Policy, PolicySet, Resources
 from .process import WorkerProcess, WorkerStopped
 from .runtime import (
     check_runtime_readable,
@@ -135,6 +135,7 @@ class PluginHost:
         self._busy_workers: dict[str, WorkerProcess] = {}
         self._pool_lock = threading.Lock()
         self._resource_cache: dict[str, Resources] = {}
+        self._policy_cache: dict[str, Policy] = {}
         # Notified whenever a worker slot may have come free or the host
         # closed. Workers being started or stopped still hold their slot.
         self._pool_changed = threading.Condition(self._pool_lock)
@@ -378,7 +379,7 @@ class PluginHost:
         return future.result()
 
     def _config(self, manifest: PluginManifest) -> WorkerConfig:
-        policy = self.policies.for_plugin(manifest.name)
+        policy = self._policy(manifest.name)
         identity = resolve_identity(policy.user, as_root=os.geteuid() == 0)
         runtime = worker_runtime(self.interpreter)
         check_runtime_readable(
@@ -395,8 +396,17 @@ class PluginHost:
             strict=self.strict,
         )
 
+    def _policy(self, plugin: str) -> Policy:
+        # Merging the plugin's table over the defaults validates it again,
+        # too costly for every capability request; policies never change.
+        policy = self._policy_cache.get(plugin)
+        if policy is None:
+            policy = self.policies.for_plugin(plugin)
+            self._policy_cache[plugin] = policy
+        return policy
+
     def _granted(self, manifest: PluginManifest) -> frozenset[str]:
-        policy = self.policies.for_plugin(manifest.name)
+        policy = self._policy(manifest.name)
         return frozenset(policy.capabilities & manifest.capabilities)
 
     def _call_timeout(self, plugin: str, timeout: float | None) -> float:
@@ -489,7 +499,7 @@ class PluginHost:
 
     def _read_env(self, plugin: str, params: dict[str, Any]) -> str | None:
         name = params.get("name")
-        allowed = self.policies.for_plugin(plugin).env
+        allowed = self._policy(plugin).env
         if not isinstance(name, str) or name not in allowed:
             raise CapabilityDenied(
                 f"variable {str(name)[:64]!r} is not in the env allowlist of "
