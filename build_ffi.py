@@ -21,7 +21,7 @@ def cdef_from_header(text: str) -> str:
     """Strip comments and preprocessor lines, which cffi's parser rejects.
 
     The header is the one declaration of the C interface, so the cdef
-    cannot drift from what the compiler sees.
+    cannot drift from what the compiler reads.
     """
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.DOTALL)
     lines = [line for line in text.splitlines() if not line.startswith("#")]

@@ -38,7 +38,7 @@
 /*
  * After this many waits in a row lasted longer than the spin time, only
  * every SPIN_PROBE_EVERY-th wait spins, until a wait ends within the spin
- * time again.  A spin only pays when the peer answers within it.
+ * time again.  A spin only pays when the peer replies within it.
  * Spinning through slow calls or long idle gaps burns CPU time that a
  * worker pays from its RLIMIT_CPU budget.  A wait that sleeps also counts
  * the wake-up, which can make a fast peer look slow, so the probes find
@@ -310,7 +310,7 @@ spin(struct sandbox_ring_endpoint *endpoint, enum direction direction,
 }
 
 /*
- * Counts waits that outlasted the spin time, and forgets them after one
+ * Counts waits that outlasted the spin time, and resets the count after one
  * that did not.
  */
 static void
@@ -360,7 +360,7 @@ wait_for_progress(struct sandbox_ring_endpoint *endpoint,
 			    sleep_once(endpoint, sequence, seen, deadline_ns);
 	}
 	__atomic_store_n(waiting, 0, __ATOMIC_RELAXED);
-	/* A signal says nothing about how long the peer takes. */
+	/* A signal tells nothing about how long the peer takes. */
 	if (status != SANDBOX_RING_INTERRUPTED)
 		record_wait(endpoint, started_ns);
 	return status;

@@ -221,6 +221,14 @@ JSON_SCALARS = (
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text()
 )
+JSON_WITH_BYTES = st.recursive(
+    JSON_SCALARS | st.binary(max_size=40),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=3), children, max_size=4)
+    ),
+    max_leaves=15,
+)
 # Any key but "$bytes", which marks binary attachments.
 PLAIN_KEYS = st.text().filter(lambda key: key != BINARY_KEY)
 JSON_VALUES = st.recursive(
@@ -507,16 +515,7 @@ def test_request_with_bytes_params_validates() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.recursive(
-        JSON_SCALARS | st.binary(max_size=40),
-        lambda children: (
-            st.lists(children, max_size=4)
-            | st.dictionaries(st.text(max_size=3), children, max_size=4)
-        ),
-        max_leaves=15,
-    )
-)
+@given(JSON_WITH_BYTES)
 def test_binary_round_trip(value: Any) -> None:
     message = {"v": value}
     assert decode(encode(message)) == message
@@ -662,16 +661,7 @@ def test_decode_in_place_agrees_with_decode(tail: bytes, binary: bool) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.recursive(
-        JSON_SCALARS | st.binary(max_size=40),
-        lambda children: (
-            st.lists(children, max_size=4)
-            | st.dictionaries(st.text(max_size=3), children, max_size=4)
-        ),
-        max_leaves=15,
-    )
-)
+@given(JSON_WITH_BYTES)
 def test_binary_round_trip_in_place(value: Any) -> None:
     message = {"v": value}
     decoded = sandbox.channel._decode_owned(bytearray(encode(message)))

@@ -13,8 +13,8 @@ The first byte of a payload distinguishes its two kinds:
   more), n 4-byte big-endian attachment lengths, the UTF-8 JSON text and
   then the n attachments back to back in index order. The JSON text is
   what lies between the length table and the attachments, at least one
-  byte. Each bytes, bytearray or memoryview value of the message stands in
-  it as the marker object {"$bytes": i}, where i is the index of its
+  byte. Each bytes, bytearray or memoryview value of the message is
+  replaced by the marker object {"$bytes": i}, where i is the index of its
   attachment. Every attachment has exactly one marker, and the receiver
   turns each marker back into bytes.
 
@@ -548,7 +548,7 @@ def decode(payload: bytes) -> dict[str, Any]:
     ProtocolError. Binary markers come back as bytes.
     """
     if type(payload) is not bytes:
-        # A bytearray the caller still holds could change under the parser.
+        # A bytearray the caller still uses could change under the parser.
         payload = bytes(payload)
     return _decode_owned(payload)
 

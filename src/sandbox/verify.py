@@ -378,10 +378,12 @@ def _probe_folder() -> Iterator[str]:
     folder = tempfile.mkdtemp(prefix="sandbox-verify-")
     try:
         os.chmod(folder, 0o755)
+        plugins = os.path.join(folder, "plugins")
+        os.mkdir(plugins)
+        os.chmod(plugins, 0o755)
         for name in (PROBE_PLUGIN, PROBE_NET_PLUGIN):
-            plugin = os.path.join(folder, "plugins", name)
-            os.makedirs(plugin, mode=0o755)
-            os.chmod(os.path.join(folder, "plugins"), 0o755)
+            plugin = os.path.join(plugins, name)
+            os.mkdir(plugin)
             os.chmod(plugin, 0o755)
             _write_readable(
                 os.path.join(plugin, "plugin.toml"),

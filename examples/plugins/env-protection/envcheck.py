@@ -1,4 +1,4 @@
-"""Report the environment this plugin sees, directly and through the host."""
+"""Report the environment visible to this plugin, directly and via the host."""
 
 import os
 
