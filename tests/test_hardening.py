@@ -18,6 +18,7 @@ from sandbox import (
     ProtocolError,
     SandboxError,
 )
+from sandbox.uids import DEFAULT_PLUGIN_UIDS, assign_plugin_uids
 
 IS_ROOT = os.geteuid() == 0
 
@@ -129,9 +130,11 @@ def test_kernel_view_ignores_forged_report(
         """,
         ["ping"],
     )
-    status = make_host().worker_status("forger")
+    host = make_host()
+    status = host.worker_status("forger")
+    uid = assign_plugin_uids(host.plugins, DEFAULT_PLUGIN_UIDS)["forger"]
     assert status["uid"] == [0, 0, 0]
-    assert status["kernel"]["Uid"].split() == ["65534"] * 4
+    assert status["kernel"]["Uid"].split() == [str(uid)] * 4
     assert status["kernel"]["Seccomp"] == "2"
 
 

@@ -33,9 +33,9 @@ from sandbox import (
     ProtocolError,
 )
 from sandbox.spawnplan import WORKER_BASE_ENVIRONMENT
+from sandbox.uids import DEFAULT_PLUGIN_UIDS, assign_plugin_uids
 
 IS_ROOT = os.geteuid() == 0
-NOBODY = 65534
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs a root host")
 
 PROBE_SOURCE = """
@@ -547,9 +547,12 @@ def worker_status(start_probes: StartProbes) -> Iterator[dict[str, str]]:
 
 
 @needs_root
-def test_worker_ids_are_nobody(worker_status: dict[str, str]) -> None:
-    assert worker_status["Uid"].split() == [str(NOBODY)] * 4
-    assert worker_status["Gid"].split() == [str(NOBODY)] * 4
+def test_worker_ids_are_the_plugins_own(
+    worker_status: dict[str, str],
+) -> None:
+    uid = assign_plugin_uids(["plain"], DEFAULT_PLUGIN_UIDS)["plain"]
+    assert worker_status["Uid"].split() == [str(uid)] * 4
+    assert worker_status["Gid"].split() == [str(uid)] * 4
     assert worker_status["Groups"] == ""
 
 

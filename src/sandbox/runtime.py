@@ -138,13 +138,17 @@ def _existing(paths: Iterable[str]) -> list[str]:
 
 
 def resolve_identity(
-    user: str | int | None, *, as_root: bool
+    user: str | int | None,
+    *,
+    as_root: bool,
+    plugin_uid: int | None = None,
 ) -> Identity | None:
     """Return the identity workers switch to, or None to keep the host's.
 
-    A root host never runs plugins as root: with no user named it uses
-    ``nobody``. A host that is not root cannot switch, so naming a user
-    other than its own is an error.
+    A root host never runs plugins as root. A user the policy names comes
+    first, then ``plugin_uid`` (the plugin's own uid, with the same gid),
+    then ``nobody``. A host that is not root cannot switch, so it ignores
+    ``plugin_uid``, and naming a user other than its own is an error.
     """
     if not as_root:
         if user is not None and _lookup(user).pw_uid != os.getuid():
@@ -155,12 +159,16 @@ def resolve_identity(
                 "'user' from the policy or start the host as root",
             )
         return None
-    entry = _lookup(DEFAULT_USER if user is None else user)
-    if entry.pw_uid == 0:
+    if user is None and plugin_uid is not None:
+        identity = Identity(plugin_uid, plugin_uid, ())
+    else:
+        entry = _lookup(DEFAULT_USER if user is None else user)
+        identity = Identity(entry.pw_uid, entry.pw_gid, ())
+    if identity.uid == 0:
         raise LaunchError(
             "identity", 1, "refusing to run a plugin as root (uid 0)"
         )
-    return Identity(entry.pw_uid, entry.pw_gid, ())
+    return identity
 
 
 def _lookup(user: str | int) -> pwd.struct_passwd:

@@ -1,0 +1,369 @@
+"""Per-plugin uids: how they are chosen, and the workers that use them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import sandbox
+from conftest import REPO, HostFactory, PluginWriter, run_python
+from sandbox import LaunchError, PluginHost
+from sandbox.uids import (
+    DEFAULT_PLUGIN_UIDS,
+    assign_plugin_uids,
+    candidate_uids,
+    is_free_uid,
+    plan_plugin_uids,
+)
+
+IS_ROOT = os.geteuid() == 0
+NOBODY = 65534
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs a root host")
+PACKAGE_PARENT = str(Path(sandbox.__file__).resolve().parents[1])
+
+PLAIN_SOURCE = """
+import os
+
+
+def ids():
+    return [os.getuid(), os.getgid(), os.getgroups()]
+
+
+def write(path, text):
+    with open(path, "w") as file:
+        file.write(text)
+    os.chmod(path, 0o600)
+
+
+def read(path):
+    with open(path) as file:
+        return file.read()
+"""
+PLAIN_METHODS = ["ids", "write", "read"]
+
+
+def colliding_names(uids: range) -> tuple[str, str]:
+    """Return two names whose first candidate uid is the same."""
+    first_by_uid: dict[int, str] = {}
+    for index in range(10 * len(uids)):
+        name = f"plugin-{index}"
+        uid = next(candidate_uids(name, uids))
+        if uid in first_by_uid:
+            return first_by_uid[uid], name
+        first_by_uid[uid] = name
+    raise AssertionError("no collision among many names")
+
+
+# -- choosing uids ------------------------------------------------------------
+
+
+def test_uid_same_in_another_interpreter() -> None:
+    in_this_process = assign_plugin_uids(
+        ["alpha", "beta"], DEFAULT_PLUGIN_UIDS
+    )
+    result = run_python(
+        """
+        import json
+        from sandbox.uids import DEFAULT_PLUGIN_UIDS, assign_plugin_uids
+        print(json.dumps(assign_plugin_uids(["beta", "alpha"],
+                                            DEFAULT_PLUGIN_UIDS)))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == in_this_process
+
+
+def test_uid_kept_when_plugins_added() -> None:
+    alone = assign_plugin_uids(["alpha"], DEFAULT_PLUGIN_UIDS)
+    together = assign_plugin_uids(
+        ["alpha", "beta", "gamma"], DEFAULT_PLUGIN_UIDS
+    )
+    assert together["alpha"] == alone["alpha"]
+
+
+def test_uids_distinct_and_in_range() -> None:
+    # 200 names in 256 uids: many first candidates collide.
+    uids = range(2_000_000_000, 2_000_000_256)
+    names = [f"plugin-{index}" for index in range(200)]
+    assigned = assign_plugin_uids(names, uids)
+    assert sorted(assigned) == sorted(names)
+    assert len(set(assigned.values())) == len(names)
+    assert all(uid in uids for uid in assigned.values())
+
+
+def test_collision_resolved_by_name_order() -> None:
+    uids = range(2_000_000_000, 2_000_000_016)
+    first, second = colliding_names(uids)
+    shared_uid = next(candidate_uids(first, uids))
+    forward = assign_plugin_uids([first, second], uids)
+    backward = assign_plugin_uids([second, first], uids)
+    assert forward == backward
+    assert forward[min(first, second)] == shared_uid
+    assert forward[max(first, second)] != shared_uid
+
+
+# Ids that no real database entry uses; the tests below give them one.
+LISTED_ID = 2_000_000_100
+SKIPPED_CODE = f"""
+import json
+from sandbox.uids import assign_plugin_uids
+uids = range({LISTED_ID}, {LISTED_ID} + 2)
+print(json.dumps([assign_plugin_uids([n], uids)[n] for n in "abc"]))
+"""
+
+
+def run_with_databases(
+    tmp_path: Path, passwd_line: str, group_line: str
+) -> subprocess.CompletedProcess[str]:
+    """Run SKIPPED_CODE with one line added to /etc/passwd and /etc/group.
+
+    The copies are bind-mounted in a mount namespace of the child's own,
+    so that the machine's databases stay as they are.
+    """
+    mounts = []
+    for name, line in (("passwd", passwd_line), ("group", group_line)):
+        copy = tmp_path / name
+        copy.write_text(Path(f"/etc/{name}").read_text() + line)
+        os.chmod(copy, 0o644)
+        mounts.append(f"mount --bind {copy} /etc/{name}")
+    script = " && ".join([*mounts, 'exec "$0" -c "$1"'])
+    return subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation=private",
+            "sh",
+            "-c",
+            script,
+            sys.executable,
+            SKIPPED_CODE,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=PACKAGE_PARENT),
+        check=False,
+    )
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
+def test_passwd_entries_skipped(tmp_path: Path) -> None:
+    assert is_free_uid(LISTED_ID), "the real databases list it already"
+    passwd = f"listed:x:{LISTED_ID}:{LISTED_ID - 1}::/:/bin/false\n"
+    completed = run_with_databases(tmp_path, passwd, "")
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout) == [LISTED_ID + 1] * 3
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare")
+def test_group_entries_skipped(tmp_path: Path) -> None:
+    assert is_free_uid(LISTED_ID), "the real databases list it already"
+    group = f"listed:x:{LISTED_ID}:\n"
+    completed = run_with_databases(tmp_path, "", group)
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout) == [LISTED_ID + 1] * 3
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv")
+def test_host_uid_skipped() -> None:
+    host_uid = assign_plugin_uids(["host"], DEFAULT_PLUGIN_UIDS)["host"]
+    code = textwrap.dedent(
+        f"""
+        import json
+        from sandbox.uids import assign_plugin_uids
+        uids = range({host_uid}, {host_uid} + 2)
+        print(json.dumps([assign_plugin_uids([n], uids)[n]
+                          for n in ("alpha", "beta", "gamma")]))
+        """
+    )
+    completed = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={host_uid}",
+            f"--regid={host_uid}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(
+            os.environ, PYTHONPATH=str(Path(sandbox.__file__).parents[1])
+        ),
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout) == [host_uid + 1] * 3
+
+
+def test_full_range_raises() -> None:
+    uids = range(2_000_000_000, 2_000_000_002)
+    with pytest.raises(ValueError, match="no free uid left"):
+        assign_plugin_uids(["alpha", "beta", "gamma"], uids)
+
+
+@pytest.mark.parametrize(
+    "uids",
+    [range(0, 100), range(5, 5), range(2**32 - 10, 2**32)],
+    ids=["root", "empty", "past-uid-max"],
+)
+def test_invalid_range_raises(uids: range) -> None:
+    with pytest.raises(ValueError, match="plugin_uids"):
+        plan_plugin_uids(["alpha"], uids, as_root=False)
+
+
+def test_host_rejects_invalid_range(plugin_root: Path) -> None:
+    with pytest.raises(ValueError, match="uid 0 is root"):
+        PluginHost([plugin_root], plugin_uids=range(0, 100))
+
+
+def test_no_uids_without_root_or_range() -> None:
+    assert (
+        plan_plugin_uids(["alpha"], DEFAULT_PLUGIN_UIDS, as_root=False) == {}
+    )
+    assert plan_plugin_uids(["alpha"], None, as_root=True) == {}
+
+
+# -- workers ------------------------------------------------------------------
+
+
+@pytest.fixture
+def write_folder() -> Iterator[Path]:
+    """A folder that plugins' policies let them write, sticky like /tmp."""
+    folder = Path(f"/tmp/sandbox-test-uids-{os.getpid()}")
+    folder.mkdir(mode=0o1777)
+    os.chmod(folder, 0o1777)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@needs_root
+def test_worker_runs_as_plugin_uid(
+    write_plugin: PluginWriter, make_host: HostFactory
+) -> None:
+    write_plugin("plain", PLAIN_SOURCE, PLAIN_METHODS)
+    expected = assign_plugin_uids(["plain"], DEFAULT_PLUGIN_UIDS)["plain"]
+    host = make_host()
+    assert host.execute_plugin("plain", "ids") == [expected, expected, []]
+
+
+@needs_root
+def test_policy_user_wins(
+    write_plugin: PluginWriter, make_host: HostFactory
+) -> None:
+    write_plugin("named", PLAIN_SOURCE, PLAIN_METHODS)
+    host = make_host({"plugins": {"named": {"user": "nobody"}}})
+    assert host.execute_plugin("named", "ids") == [NOBODY, NOBODY, []]
+
+
+@needs_root
+def test_files_readable_after_host_restart(
+    write_plugin: PluginWriter, make_host: HostFactory, write_folder: Path
+) -> None:
+    write_plugin("keeper", PLAIN_SOURCE, PLAIN_METHODS)
+    policies = {
+        "plugins": {"keeper": {"filesystem": {"write": [str(write_folder)]}}}
+    }
+    kept_path = str(write_folder / "kept.txt")
+    first = make_host(policies)
+    first.execute_plugin(
+        "keeper", "write", {"path": kept_path, "text": "mine"}
+    )
+    first.close()
+    second = make_host(policies)
+    assert (
+        second.execute_plugin("keeper", "read", {"path": kept_path}) == "mine"
+    )
+
+
+@needs_root
+def test_unreadable_plugin_names_its_uid(
+    write_plugin: PluginWriter, make_host: HostFactory
+) -> None:
+    folder = write_plugin("private", PLAIN_SOURCE, PLAIN_METHODS)
+    os.chmod(folder, 0o700)
+    uid = assign_plugin_uids(["private"], DEFAULT_PLUGIN_UIDS)["private"]
+    host = make_host()
+    with pytest.raises(LaunchError, match=f"not readable by uid {uid} "):
+        host.execute_plugin("private", "ids")
+
+
+UNPRIVILEGED_SCRIPT = """
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+from sandbox import PluginHost
+
+plugin_dir = sys.argv[1]
+scratch_root = tempfile.mkdtemp(prefix="sandbox-test-scratch-")
+choices = {
+    "default": {},
+    "explicit": {"plugin_uids": range(2_000_000_000, 2_000_000_100)},
+    "none": {"plugin_uids": None},
+}
+report = {"host_ids": [os.getuid(), os.getgid(), os.getgroups()]}
+try:
+    for label, options in choices.items():
+        host = PluginHost([plugin_dir], scratch_root=scratch_root, **options)
+        with host:
+            report[label] = host.execute_plugin("plain", "ids")
+    try:
+        PluginHost([plugin_dir], plugin_uids=range(0, 100))
+    except ValueError as error:
+        report["invalid"] = str(error)
+finally:
+    shutil.rmtree(scratch_root, ignore_errors=True)
+print(json.dumps(report))
+"""
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("runuser") is None, reason="needs runuser")
+def test_unprivileged_host_ignores_plugin_uids(
+    write_plugin: PluginWriter, plugin_root: Path
+) -> None:
+    write_plugin("plain", PLAIN_SOURCE, PLAIN_METHODS)
+    script = plugin_root / "unprivileged_host.py"
+    script.write_text(UNPRIVILEGED_SCRIPT)
+    os.chmod(script, 0o644)
+    completed = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "nobody",
+            "--",
+            str(REPO / ".venv/bin/python"),
+            str(script),
+            str(plugin_root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=plugin_root,
+        env=dict(os.environ, PYTHONPATH=PACKAGE_PARENT),
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout)
+    host_ids = report["host_ids"]
+    assert host_ids[:2] == [NOBODY, NOBODY]
+    assert report["default"] == host_ids
+    assert report["explicit"] == host_ids
+    assert report["none"] == host_ids
+    assert "uid 0 is root" in report["invalid"]
