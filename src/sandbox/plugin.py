@@ -9,6 +9,8 @@ a courtesy: the host's check is the one that counts.
 
     notify("Build completed", level="info")
     home = read_env("HOME")
+    token = get_secret("API_TOKEN")
+    report = read_file("/srv/data/report.csv")
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ from typing import Any
 
 from .errors import CapabilityDenied
 
-__all__ = ["CapabilityDenied", "call_capability", "notify", "read_env"]
+__all__ = [
+    "CapabilityDenied",
+    "call_capability",
+    "get_secret",
+    "list_files",
+    "notify",
+    "read_env",
+    "read_file",
+    "write_file",
+]
 
 Broker = Callable[[str, dict[str, Any]], Any]
 
@@ -54,3 +65,54 @@ def read_env(name: str) -> str | None:
     """
     value = call_capability("read_env", name=name)
     return value if isinstance(value, str) else None
+
+
+def get_secret(name: str) -> str:
+    """Return the secret ``name`` that the host provided to this plugin.
+
+    Needs capability ``get_secret`` and ``name`` in the policy's
+    ``secrets`` list. A name outside it, or one the host has not
+    provided, raises CapabilityDenied.
+    """
+    value = call_capability("get_secret", name=name)
+    if not isinstance(value, str):
+        raise CapabilityDenied(f"the host sent no string for secret {name!r}")
+    return value
+
+
+def read_file(path: str) -> bytes:
+    """Return the content of a file that the host reads for this plugin.
+
+    ``path`` is absolute and lies beneath a folder of the policy's
+    ``files.read`` or ``files.write`` list. Needs capability
+    ``read_file``. A path that leaves its folder, through ``..`` or a
+    symbolic link, a file that is not a regular file and a file larger
+    than one message can carry raise CapabilityDenied.
+    """
+    data = call_capability("read_file", path=path)
+    if not isinstance(data, bytes):
+        raise CapabilityDenied(f"the host sent no bytes for {path!r}")
+    return data
+
+
+def write_file(path: str, data: bytes) -> int:
+    """Create or replace a file through the host; return its length.
+
+    ``path`` is absolute and lies beneath a folder of the policy's
+    ``files.write`` list, and its parent folder exists. Needs capability
+    ``write_file``. The denials are those of read_file().
+    """
+    written = call_capability("write_file", path=path, data=bytes(data))
+    return written if isinstance(written, int) else 0
+
+
+def list_files(path: str) -> list[str]:
+    """Return the sorted names in a folder, listed by the host.
+
+    ``path`` is a folder of the policy's ``files`` table or lies beneath
+    one. Needs capability ``list_files``.
+    """
+    names = call_capability("list_files", path=path)
+    if not isinstance(names, list):
+        raise CapabilityDenied(f"the host sent no listing for {path!r}")
+    return [name for name in names if isinstance(name, str)]

@@ -1,0 +1,628 @@
+"""Brokered capabilities through real workers: schemas, secrets, files.
+
+Each plugin method catches CapabilityDenied itself and returns it as
+{"denied": message}, which shows that the denial reached the plugin as
+that exception. After every rejected call, a bystander plugin and the
+rejected plugin itself must still serve calls.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import IS_ROOT, HostFactory, PluginWriter
+from sandbox import PluginCrashed, PluginError, PluginHost
+from sandbox.broker import (
+    MESSAGE_ENVELOPE_BYTES,
+    Argument,
+    openat2,
+    redact_secrets,
+)
+from sandbox.process import LOG_TAIL_BYTES
+
+ATTEMPT = """
+import os
+import sys
+
+from sandbox.plugin import CapabilityDenied, call_capability, get_secret
+
+
+def attempt(capability, params):
+    try:
+        return {"ok": call_capability(capability, **params)}
+    except CapabilityDenied as error:
+        return {"denied": str(error)}
+
+
+def raise_secret(name):
+    raise ValueError("the token is " + get_secret(name))
+
+
+def print_secret_and_exit(name, filler):
+    token = get_secret(name)
+    sys.stdout.write("token " + token + "\\n" + token + "y" * filler + "\\n")
+    sys.stdout.flush()
+    os._exit(3)
+
+
+def echo(value):
+    return value
+"""
+
+FILE_CAPABILITIES = ("read_file", "write_file", "list_files")
+SECRET_NAME = "API_TOKEN"
+MESSAGE_LIMIT = 65536
+FILE_LIMIT = MESSAGE_LIMIT - MESSAGE_ENVELOPE_BYTES
+
+Events = list[dict[str, Any]]
+
+
+def attempt(
+    host: PluginHost, plugin: str, capability: str, **params: Any
+) -> Any:
+    return host.execute_plugin(
+        plugin, "attempt", {"capability": capability, "params": params}
+    )
+
+
+def check_still_serving(host: PluginHost, plugin: str) -> None:
+    """Check that the bystander and ``plugin`` still serve calls."""
+    assert host.execute_plugin("bystander", "echo", {"value": 1}) == 1
+    assert host.execute_plugin(plugin, "echo", {"value": 2}) == 2
+
+
+def denials(events: Events, capability: str) -> Events:
+    return [
+        e
+        for e in events
+        if e["event"] == "capability_denied" and e["capability"] == capability
+    ]
+
+
+# -- schemas ------------------------------------------------------------------
+
+ECHO_SCHEMA = {
+    "text": Argument(str, max_length=8),
+    "count": Argument(int, required=False),
+}
+
+
+@pytest.fixture
+def schema_host(
+    write_plugin: PluginWriter, make_host: HostFactory
+) -> tuple[PluginHost, list[dict[str, Any]], Events]:
+    write_plugin("caller", ATTEMPT, ["attempt", "echo"], ("shout", "notify"))
+    write_plugin("bystander", ATTEMPT, ["echo"])
+    host = make_host(
+        {"plugins": {"caller": {"capabilities": ["shout", "notify"]}}}
+    )
+    handled: list[dict[str, Any]] = []
+
+    def shout(plugin: str, params: dict[str, Any]) -> str:
+        handled.append(params)
+        return str(params["text"]).upper()
+
+    host.register_capability("shout", shout, schema=ECHO_SCHEMA)
+    events: Events = []
+    host.subscribe(events.append)
+    return host, handled, events
+
+
+def test_schema_accepts_matching_arguments(
+    schema_host: tuple[PluginHost, list[dict[str, Any]], Events],
+) -> None:
+    host, handled, events = schema_host
+    outcome = attempt(host, "caller", "shout", text="hi", count=2)
+    assert outcome == {"ok": "HI"}
+    assert handled == [{"text": "hi", "count": 2}]
+    granted = [e for e in events if e["event"] == "capability_granted"]
+    assert [e["capability"] for e in granted] == ["shout"]
+
+
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"text": 5}, "must be str, got int"),
+        ({"text": "hi", "count": True}, "must be int, got bool"),
+        ({"count": 1}, "needs argument 'text'"),
+        ({"text": "hi", "extra": 1}, "takes no argument 'extra'"),
+        ({"text": "x" * 9}, "the maximum is 8"),
+    ],
+    ids=["wrong-type", "bool-for-int", "missing", "extra", "too-long"],
+)
+def test_schema_rejects_bad_arguments(
+    schema_host: tuple[PluginHost, list[dict[str, Any]], Events],
+    params: dict[str, Any],
+    reason: str,
+) -> None:
+    host, handled, events = schema_host
+    outcome = attempt(host, "caller", "shout", **params)
+    assert reason in outcome["denied"]
+    assert handled == []
+    denied = denials(events, "shout")
+    assert len(denied) == 1
+    assert reason in denied[0]["reason"]
+    check_still_serving(host, "caller")
+
+
+def test_notify_schema_rejects_number(
+    schema_host: tuple[PluginHost, list[dict[str, Any]], Events],
+) -> None:
+    host, _, events = schema_host
+    outcome = attempt(host, "caller", "notify", message=5)
+    assert "must be str" in outcome["denied"]
+    assert len(denials(events, "notify")) == 1
+    assert list(host.notifications) == []
+
+
+def test_unchecked_handler_gets_params_as_sent(
+    write_plugin: PluginWriter, make_host: HostFactory
+) -> None:
+    write_plugin("caller", ATTEMPT, ["attempt"], ("raw",))
+    host = make_host({"plugins": {"caller": {"capabilities": ["raw"]}}})
+    host.register_capability("raw", lambda plugin, params: sorted(params))
+    outcome = attempt(host, "caller", "raw", anything=[1], goes=None)
+    assert outcome == {"ok": ["anything", "goes"]}
+
+
+# -- secrets ------------------------------------------------------------------
+
+
+@pytest.fixture
+def token() -> str:
+    return secrets.token_hex(16)
+
+
+@pytest.fixture
+def secret_host(
+    write_plugin: PluginWriter,
+    make_host: HostFactory,
+    token: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[PluginHost, Events]:
+    # The same value in the host's environment, under a name no policy
+    # passes through, must not reach the worker's environment either.
+    monkeypatch.setenv("SANDBOX_TEST_HOST_TOKEN", token)
+    methods = ["attempt", "raise_secret", "print_secret_and_exit", "echo"]
+    caps = ("get_secret", "read_env")
+    write_plugin("keeper", ATTEMPT, methods, caps)
+    write_plugin("unlisted", ATTEMPT, methods, caps)
+    write_plugin("bystander", ATTEMPT, ["echo"])
+    host = make_host(
+        {
+            "defaults": {"capabilities": ["get_secret", "read_env"]},
+            "plugins": {"keeper": {"secrets": [SECRET_NAME]}},
+        }
+    )
+    host.provide_secret("keeper", SECRET_NAME, token)
+    events: Events = []
+    host.subscribe(events.append)
+    return host, events
+
+
+def test_granted_plugin_gets_secret(
+    secret_host: tuple[PluginHost, Events], token: str
+) -> None:
+    host, events = secret_host
+    assert attempt(host, "keeper", "get_secret", name=SECRET_NAME) == {
+        "ok": token
+    }
+    granted = [e for e in events if e["event"] == "capability_granted"]
+    assert granted[-1]["secret"] == SECRET_NAME
+
+
+def test_secret_outside_policy_denied(
+    secret_host: tuple[PluginHost, Events], token: str
+) -> None:
+    host, events = secret_host
+    outcome = attempt(host, "unlisted", "get_secret", name=SECRET_NAME)
+    assert "not in the secrets list" in outcome["denied"]
+    assert token not in json.dumps(outcome)
+    assert denials(events, "get_secret")[0]["secret"] == SECRET_NAME
+    check_still_serving(host, "unlisted")
+
+
+def test_secret_listed_but_missing_denied(
+    write_plugin: PluginWriter, make_host: HostFactory
+) -> None:
+    write_plugin("keeper", ATTEMPT, ["attempt"], ("get_secret",))
+    host = make_host(
+        {
+            "plugins": {
+                "keeper": {
+                    "capabilities": ["get_secret"],
+                    "secrets": [SECRET_NAME],
+                }
+            }
+        }
+    )
+    host.provide_secret("other", SECRET_NAME, "belongs-to-another-plugin")
+    outcome = attempt(host, "keeper", "get_secret", name=SECRET_NAME)
+    assert "has not provided secret" in outcome["denied"]
+
+
+def test_secret_absent_from_worker_environ(
+    secret_host: tuple[PluginHost, Events], token: str
+) -> None:
+    if not IS_ROOT:
+        pytest.skip("only root may read a non-dumpable process's environ")
+    host, _ = secret_host
+    assert attempt(host, "keeper", "get_secret", name=SECRET_NAME) == {
+        "ok": token
+    }
+    pid = host.worker_status("keeper")["pid"]
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert environ  # the worker has an environment, so the check can fail
+    assert token.encode() not in environ
+
+
+def test_secret_absent_from_audit_records(
+    secret_host: tuple[PluginHost, Events], token: str
+) -> None:
+    host, events = secret_host
+    attempt(host, "keeper", "get_secret", name=SECRET_NAME)
+    # The plugin passes the value where the host echoes arguments.
+    attempt(host, "keeper", "get_secret", name=token)
+    attempt(host, "keeper", "read_env", name=token)
+    assert len(denials(events, "get_secret")) == 1
+    assert len(denials(events, "read_env")) == 1
+    records = json.dumps(events)
+    assert token not in records
+    assert "[redacted]" in records
+
+
+def test_secret_redacted_in_plugin_error(
+    secret_host: tuple[PluginHost, Events], token: str
+) -> None:
+    host, events = secret_host
+    with pytest.raises(PluginError) as info:
+        host.execute_plugin("keeper", "raise_secret", {"name": SECRET_NAME})
+    error = info.value
+    assert "the token is [redacted]" in error.message
+    assert token not in str(error)
+    assert token not in error.traceback
+    assert "[redacted]" in error.traceback
+    assert token not in json.dumps(events)
+    check_still_serving(host, "keeper")
+
+
+def test_secret_redacted_in_crash_log_tail(
+    secret_host: tuple[PluginHost, Events], token: str
+) -> None:
+    host, events = secret_host
+    with pytest.raises(PluginCrashed) as info:
+        host.execute_plugin(
+            "keeper",
+            "print_secret_and_exit",
+            {"name": SECRET_NAME, "filler": 10},
+        )
+    assert info.value.exit_code == 3
+    assert info.value.detail.startswith("[redacted]")
+    assert token not in str(info.value)
+    assert token not in json.dumps(events)
+    check_still_serving(host, "keeper")
+
+
+def test_secret_split_by_log_window_redacted(
+    secret_host: tuple[PluginHost, Events], token: str
+) -> None:
+    host, _ = secret_host
+    # The last line is longer than the tail the host reads, and the start
+    # of that tail falls in the middle of the token.
+    filler = LOG_TAIL_BYTES - len(token) // 2
+    with pytest.raises(PluginCrashed) as info:
+        host.execute_plugin(
+            "keeper",
+            "print_secret_and_exit",
+            {"name": SECRET_NAME, "filler": filler},
+        )
+    detail = info.value.detail
+    assert detail.startswith("y")
+    assert token[-8:] not in detail
+
+
+def test_redact_prefers_longer_secret() -> None:
+    text = redact_secrets("abc abcdef", ["abc", "abcdef"])
+    assert text == "[redacted] [redacted]"
+
+
+# -- files --------------------------------------------------------------------
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> dict[str, Path]:
+    folders = {
+        name: tmp_path / name
+        for name in ("box", "readonly", "swapped", "outside")
+    }
+    for folder in folders.values():
+        folder.mkdir()
+    (folders["outside"] / "secret.txt").write_text("outside data")
+    (folders["readonly"] / "notes.txt").write_text("read only")
+    return folders
+
+
+@pytest.fixture
+def file_host(
+    write_plugin: PluginWriter, make_host: HostFactory, tree: dict[str, Path]
+) -> tuple[PluginHost, Events]:
+    write_plugin("filer", ATTEMPT, ["attempt", "echo"], FILE_CAPABILITIES)
+    write_plugin("bystander", ATTEMPT, ["echo"])
+    files = {
+        "read": [str(tree["readonly"]), str(tree["swapped"]), "/proc"],
+        "write": [str(tree["box"])],
+    }
+    host = make_host(
+        {
+            "plugins": {
+                "filer": {
+                    "capabilities": list(FILE_CAPABILITIES),
+                    "files": files,
+                    "max_message_bytes": MESSAGE_LIMIT,
+                }
+            }
+        }
+    )
+    events: Events = []
+    host.subscribe(events.append)
+    return host, events
+
+
+def test_write_read_list_inside_folder(
+    file_host: tuple[PluginHost, Events], tree: dict[str, Path]
+) -> None:
+    host, events = file_host
+    box = tree["box"]
+    (box / "sub").mkdir()
+    path = f"{box}/sub/report.bin"
+    data = bytes(range(256)) * 4
+    assert attempt(host, "filer", "write_file", path=path, data=data) == {
+        "ok": len(data)
+    }
+    assert (box / "sub" / "report.bin").read_bytes() == data
+    assert attempt(host, "filer", "read_file", path=path) == {"ok": data}
+    assert attempt(host, "filer", "list_files", path=str(box)) == {
+        "ok": ["sub"]
+    }
+    assert attempt(host, "filer", "list_files", path=f"{box}/sub") == {
+        "ok": ["report.bin"]
+    }
+    notes = f"{tree['readonly']}/notes.txt"
+    assert attempt(host, "filer", "read_file", path=notes) == {
+        "ok": b"read only"
+    }
+    granted = [e for e in events if e["event"] == "capability_granted"]
+    assert granted[0]["path"] == path
+
+
+def test_overwrite_replaces_content(
+    file_host: tuple[PluginHost, Events], tree: dict[str, Path]
+) -> None:
+    host, _ = file_host
+    target = tree["box"] / "file.txt"
+    target.write_bytes(b"a much longer old content")
+    attempt(host, "filer", "write_file", path=str(target), data=b"new")
+    assert target.read_bytes() == b"new"
+
+
+EscapeSetup = Callable[[dict[str, Path]], tuple[str, dict[str, Any], str]]
+
+
+def _dotdot(tree: dict[str, Path]) -> tuple[str, dict[str, Any], str]:
+    path = f"{tree['box']}/../outside/secret.txt"
+    return "read_file", {"path": path}, "'..'"
+
+
+def _absolute_outside(
+    tree: dict[str, Path],
+) -> tuple[str, dict[str, Any], str]:
+    path = f"{tree['outside']}/secret.txt"
+    return "read_file", {"path": path}, "not in a folder"
+
+
+def _etc_passwd(tree: dict[str, Path]) -> tuple[str, dict[str, Any], str]:
+    return "read_file", {"path": "/etc/passwd"}, "not in a folder"
+
+
+def _relative(tree: dict[str, Path]) -> tuple[str, dict[str, Any], str]:
+    return "read_file", {"path": "box/file"}, "not absolute"
+
+
+def _nul(tree: dict[str, Path]) -> tuple[str, dict[str, Any], str]:
+    path = f"{tree['box']}/a\0b"
+    return "read_file", {"path": path}, "NUL"
+
+
+def _symlink_out(tree: dict[str, Path]) -> tuple[str, dict[str, Any], str]:
+    (tree["box"] / "link").symlink_to(tree["outside"] / "secret.txt")
+    return "read_file", {"path": f"{tree['box']}/link"}, "symbolic link"
+
+
+def _relative_symlink_out(
+    tree: dict[str, Path],
+) -> tuple[str, dict[str, Any], str]:
+    (tree["box"] / "sub").mkdir()
+    (tree["box"] / "sub" / "up").symlink_to("../../outside")
+    path = f"{tree['box']}/sub/up/secret.txt"
+    return "read_file", {"path": path}, "symbolic link"
+
+
+def _symlink_write_out(
+    tree: dict[str, Path],
+) -> tuple[str, dict[str, Any], str]:
+    (tree["box"] / "link").symlink_to(tree["outside"] / "secret.txt")
+    params = {"path": f"{tree['box']}/link", "data": b"overwritten"}
+    return "write_file", params, "symbolic link"
+
+
+def _dangling_symlink_write(
+    tree: dict[str, Path],
+) -> tuple[str, dict[str, Any], str]:
+    (tree["box"] / "link").symlink_to(tree["outside"] / "created.txt")
+    params = {"path": f"{tree['box']}/link", "data": b"created"}
+    return "write_file", params, "symbolic link"
+
+
+def _symlink_to_proc_root(
+    tree: dict[str, Path],
+) -> tuple[str, dict[str, Any], str]:
+    (tree["box"] / "root").symlink_to("/proc/self/root")
+    path = f"{tree['box']}/root{tree['outside']}/secret.txt"
+    return "read_file", {"path": path}, "symbolic link"
+
+
+def _proc_magic_link(
+    tree: dict[str, Path],
+) -> tuple[str, dict[str, Any], str]:
+    # /proc is a read folder of the policy: its PID/root entries are
+    # magic links to the root of another process.
+    path = f"/proc/{os.getpid()}/root{tree['outside']}/secret.txt"
+    return "read_file", {"path": path}, "symbolic link"
+
+
+def _proc_self(tree: dict[str, Path]) -> tuple[str, dict[str, Any], str]:
+    path = f"/proc/self/root{tree['outside']}/secret.txt"
+    return "read_file", {"path": path}, "symbolic link"
+
+
+def _swapped_folder(
+    tree: dict[str, Path],
+) -> tuple[str, dict[str, Any], str]:
+    # The allowlisted folder itself, replaced by a symlink after the
+    # policy was loaded.
+    swapped = tree["swapped"]
+    swapped.rename(swapped.with_name("swapped.old"))
+    swapped.symlink_to(tree["outside"])
+    return "read_file", {"path": f"{swapped}/secret.txt"}, "symbolic link"
+
+
+def _hard_link(tree: dict[str, Path]) -> tuple[str, dict[str, Any], str]:
+    os.link(tree["outside"] / "secret.txt", tree["box"] / "linked")
+    return "read_file", {"path": f"{tree['box']}/linked"}, "hard links"
+
+
+def _fifo_read(tree: dict[str, Path]) -> tuple[str, dict[str, Any], str]:
+    os.mkfifo(tree["box"] / "fifo")
+    return "read_file", {"path": f"{tree['box']}/fifo"}, "not a regular"
+
+
+def _fifo_write(tree: dict[str, Path]) -> tuple[str, dict[str, Any], str]:
+    os.mkfifo(tree["box"] / "fifo")
+    params = {"path": f"{tree['box']}/fifo", "data": b"x"}
+    return "write_file", params, "not a regular"
+
+
+def _device(tree: dict[str, Path]) -> tuple[str, dict[str, Any], str]:
+    # The same device as /dev/zero, where a read never reaches an end.
+    os.mknod(tree["box"] / "zero", stat.S_IFCHR | 0o666, os.makedev(1, 5))
+    return "read_file", {"path": f"{tree['box']}/zero"}, "not a regular"
+
+
+def _too_large_write(
+    tree: dict[str, Path],
+) -> tuple[str, dict[str, Any], str]:
+    params = {"path": f"{tree['box']}/big", "data": b"x" * (FILE_LIMIT + 1)}
+    return "write_file", params, "larger than the maximum"
+
+
+def _too_large_read(
+    tree: dict[str, Path],
+) -> tuple[str, dict[str, Any], str]:
+    (tree["box"] / "big").write_bytes(b"x" * (FILE_LIMIT + 1))
+    return "read_file", {"path": f"{tree['box']}/big"}, "larger than"
+
+
+def _write_read_only_folder(
+    tree: dict[str, Path],
+) -> tuple[str, dict[str, Any], str]:
+    params = {"path": f"{tree['readonly']}/notes.txt", "data": b"x"}
+    return "write_file", params, "may write"
+
+
+def _list_outside(tree: dict[str, Path]) -> tuple[str, dict[str, Any], str]:
+    return "list_files", {"path": str(tree["outside"])}, "may list"
+
+
+ESCAPES: dict[str, EscapeSetup] = {
+    "dotdot": _dotdot,
+    "absolute-outside": _absolute_outside,
+    "etc-passwd": _etc_passwd,
+    "relative": _relative,
+    "nul": _nul,
+    "symlink-out": _symlink_out,
+    "relative-symlink-out": _relative_symlink_out,
+    "symlink-write-out": _symlink_write_out,
+    "dangling-symlink-write": _dangling_symlink_write,
+    "symlink-to-proc-root": _symlink_to_proc_root,
+    "proc-magic-link": _proc_magic_link,
+    "proc-self": _proc_self,
+    "swapped-folder": _swapped_folder,
+    "hard-link": _hard_link,
+    "fifo-read": _fifo_read,
+    "fifo-write": _fifo_write,
+    "device": _device,
+    "too-large-write": _too_large_write,
+    "too-large-read": _too_large_read,
+    "write-read-only-folder": _write_read_only_folder,
+    "list-outside": _list_outside,
+}
+
+
+@pytest.mark.parametrize("setup", ESCAPES.values(), ids=ESCAPES.keys())
+def test_file_escape_denied(
+    file_host: tuple[PluginHost, Events],
+    tree: dict[str, Path],
+    setup: EscapeSetup,
+) -> None:
+    host, events = file_host
+    capability, params, reason = setup(tree)
+    outcome = attempt(host, "filer", capability, **params)
+    assert reason in outcome.get("denied", ""), outcome
+    assert len(denials(events, capability)) == 1
+    assert (tree["outside"] / "secret.txt").read_text() == "outside data"
+    assert not (tree["outside"] / "created.txt").exists()
+    check_still_serving(host, "filer")
+
+
+def test_too_large_write_creates_nothing(
+    file_host: tuple[PluginHost, Events], tree: dict[str, Path]
+) -> None:
+    host, _ = file_host
+    path = f"{tree['box']}/big"
+    data = b"x" * (FILE_LIMIT + 1)
+    outcome = attempt(host, "filer", "write_file", path=path, data=data)
+    assert "larger than the maximum" in outcome["denied"]
+    assert not (tree["box"] / "big").exists()
+    exact = b"x" * FILE_LIMIT
+    outcome = attempt(host, "filer", "write_file", path=path, data=exact)
+    assert outcome == {"ok": FILE_LIMIT}
+
+
+@pytest.mark.parametrize(
+    "relative", ["../outside/secret.txt", "@OUTSIDE@/secret.txt"]
+)
+def test_openat2_keeps_paths_beneath_folder(
+    tree: dict[str, Path], relative: str
+) -> None:
+    # The lexical checks reject these paths before openat2 receives them, so
+    # this shows the kernel's check on its own.
+    (tree["box"] / "inside.txt").write_text("inside")
+    relative = relative.replace("@OUTSIDE@", str(tree["outside"]))
+    folder_fd = os.open(tree["box"], os.O_PATH | os.O_DIRECTORY)
+    try:
+        inside = openat2(folder_fd, "inside.txt", os.O_RDONLY)
+        os.close(inside)
+        with pytest.raises(OSError) as info:
+            openat2(folder_fd, relative, os.O_RDONLY)
+        assert info.value.errno == errno.EXDEV
+    finally:
+        os.close(folder_fd)
