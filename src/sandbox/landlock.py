@@ -13,7 +13,7 @@ and Documentation/userspace-api/landlock.rst:
     ABI 1  filesystem rights EXECUTE .. MAKE_SYM
     ABI 2  REFER (link or rename into another directory)
     ABI 3  TRUNCATE
-    ABI 4  TCP bind and connect (handled_access_net)
+    ABI 4  TCP bind and connect (handled_access_net), per-port rules
     ABI 5  IOCTL_DEV
     ABI 6  scopes: abstract unix sockets and signals (scoped)
     ABI 7  audit logging flags of landlock_restrict_self, no new rights
@@ -129,6 +129,8 @@ _SCOPES_SINCE_ABI = 6
 
 _CREATE_RULESET_VERSION = 1 << 0
 _RULE_PATH_BENEATH = 1
+_RULE_NET_PORT = 2
+_MAX_PORT = 65535
 
 
 class LandlockError(SandboxError):
@@ -153,6 +155,13 @@ class RulesetSpec:
     ``read`` paths (files or directories) are readable and executable,
     ``write`` paths are readable and writable. A directory rule covers
     everything beneath it.
+
+    ``connect_tcp_ports`` lists the TCP ports that connect() may reach
+    when ``restrict_tcp`` is set. A port rule matches the destination
+    port on every address, IPv4 and IPv6 alike, because Landlock has no
+    address rules. Binding stays denied on every port, and Landlock
+    covers neither UDP nor other socket families: the seccomp program
+    must deny those.
     """
 
     read: tuple[str, ...] = ()
@@ -160,11 +169,28 @@ class RulesetSpec:
     # Handle TCP bind and connect (ABI 4) with no port rule, so both are
     # denied on every port.
     restrict_tcp: bool = True
+    connect_tcp_ports: tuple[int, ...] = ()
     # Deny signals to processes outside the worker's domain (ABI 6).
     scope_signals: bool = True
     # Deny connecting to abstract unix sockets created outside the
     # worker's domain (ABI 6).
     scope_abstract_unix: bool = True
+
+    def __post_init__(self) -> None:
+        if self.connect_tcp_ports and not self.restrict_tcp:
+            raise ValueError(
+                "connect_tcp_ports needs restrict_tcp: without it the "
+                "ruleset does not handle TCP and a port rule has no effect"
+            )
+        for port in self.connect_tcp_ports:
+            if isinstance(port, bool) or not isinstance(port, int):
+                raise ValueError(
+                    f"invalid TCP port {port!r}: expected an integer"
+                )
+            if not 1 <= port <= _MAX_PORT:
+                raise ValueError(
+                    f"invalid TCP port {port}: expected 1 to {_MAX_PORT}"
+                )
 
 
 @dataclass(frozen=True)
@@ -200,6 +226,16 @@ class _PathBeneathAttr(ctypes.Structure):
     _fields_ = (
         ("allowed_access", ctypes.c_uint64),
         ("parent_fd", ctypes.c_int32),
+    )
+
+
+class _NetPortAttr(ctypes.Structure):
+    # struct landlock_net_port_attr is packed: 16 bytes. The port is in
+    # host byte order.
+    _pack_ = 1
+    _fields_ = (
+        ("allowed_access", ctypes.c_uint64),
+        ("port", ctypes.c_uint64),
     )
 
 
@@ -394,13 +430,46 @@ def _add_path_rule(
         os.close(path_fd)
 
 
+def _add_connect_port_rule(ruleset_fd: int, port: int) -> None:
+    """Allow connect() to TCP ``port`` on any address."""
+    attr = _NetPortAttr(ACCESS_NET_CONNECT_TCP, port)
+    try:
+        _syscall(
+            _ADD_RULE,
+            _long(ruleset_fd),
+            _long(_RULE_NET_PORT),
+            _address(attr),
+            _long(0),
+        )
+    except OSError as error:
+        raise LandlockError(
+            f"landlock_add_rule failed for TCP port {port}",
+            errno=error.errno or 0,
+        ) from error
+
+
+def _add_rules(
+    ruleset_fd: int, spec: RulesetSpec, report: RulesetReport
+) -> None:
+    for path in spec.read:
+        _add_path_rule(ruleset_fd, path, FS_READ, report.handled_fs)
+    for path in spec.write:
+        _add_path_rule(ruleset_fd, path, FS_READ | FS_WRITE, report.handled_fs)
+    # Below ABI 4 the ruleset handles no TCP right, so the kernel would
+    # reject a port rule. The report then lists the TCP rights as missing.
+    if report.handled_net & ACCESS_NET_CONNECT_TCP:
+        for port in spec.connect_tcp_ports:
+            _add_connect_port_rule(ruleset_fd, port)
+
+
 def build_ruleset(
     spec: RulesetSpec, *, abi: int | None = None
 ) -> tuple[int, RulesetReport]:
     """Create a Landlock ruleset for ``spec`` and return its descriptor.
 
     The ruleset handles every right that ``abi`` (by default the kernel's
-    ABI) supports, so the rules are the only exceptions to what it denies.
+    ABI) supports, so the rules (paths and TCP connect ports) are the only
+    exceptions to what it denies.
     The descriptor is close-on-exec and owned by the caller. Raises
     LandlockError when Landlock is unavailable, when a path cannot be
     opened (``path`` names it) or when the kernel rejects the ruleset or a
@@ -420,12 +489,7 @@ def build_ruleset(
     report = _plan(spec, abi)
     ruleset_fd = _create_ruleset(report)
     try:
-        for path in spec.read:
-            _add_path_rule(ruleset_fd, path, FS_READ, report.handled_fs)
-        for path in spec.write:
-            _add_path_rule(
-                ruleset_fd, path, FS_READ | FS_WRITE, report.handled_fs
-            )
+        _add_rules(ruleset_fd, spec, report)
     except BaseException:
         os.close(ruleset_fd)
         raise
