@@ -56,6 +56,9 @@ def main() -> int:
     )
     server = Server(channel, bootstrap)
     plugin_api.install_broker(server.call_host)
+    if bootstrap.get("observe"):
+        server.recorder = AccessRecorder()
+        server.recorder.start()
     server.load_plugin()
     return server.serve()
 
@@ -110,6 +113,8 @@ class Server:
         self.methods = frozenset(self.manifest["methods"])
         self.module: ModuleType | None = None
         self.load_error: BaseException | None = None
+        # Set in observe mode only, where the host may ask for its report.
+        self.recorder: AccessRecorder | None = None
 
     def load_plugin(self) -> None:
         """Import the entry module; a failure is reported on first call."""
@@ -189,6 +194,8 @@ class Server:
             if self.load_error is not None:
                 raise self.load_error
             return procstate.report()
+        if method == "sandbox.observations" and self.recorder is not None:
+            return self.recorder.report()
         function = self.exported(method)
         if not isinstance(params, dict):
             raise _Reply(
@@ -272,3 +279,158 @@ def _as_data(error: BaseException) -> dict[str, Any]:
         traceback.format_exception(type(error), error, error.__traceback__)
     )
     return {"type": type(error).__name__, "traceback": text[-8000:]}
+
+
+# -- observe mode ------------------------------------------------------------
+
+# Bounds of one observation report, which must fit in one reply.
+_MAX_RECORDED = 1000
+_MAX_RECORDED_CHARS = 1024
+# klogctl(SYSLOG_ACTION_SIZE_BUFFER) reads one number and changes nothing.
+# The seccomp program denies syslog, so in observe mode the kernel logs
+# the call. Once the host has received this record, every earlier record
+# of this process has arrived too.
+_SYSLOG_ACTION_SIZE_BUFFER = 10
+_OPEN_WRITE_FLAGS = (
+    os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+)
+# Events whose path arguments are created, removed or renamed: the
+# folder that contains each one needs write access.
+_CHANGE_EVENTS = {
+    "os.mkdir": (0,),
+    "os.rmdir": (0,),
+    "os.remove": (0,),
+    "os.rename": (0, 1),
+    "os.symlink": (1,),
+    "os.link": (1,),
+    "os.mkfifo": (0,),
+    "os.mknod": (0,),
+    "os.truncate": (0,),
+}
+_COMMAND_EVENTS = ("subprocess.Popen", "os.exec", "os.posix_spawn")
+
+
+class AccessRecorder:
+    """Records what plugin code reaches through Python, for observe mode.
+
+    An audit hook (PEP 578) sees only calls made through Python's audited
+    functions. Code that calls libc through ctypes, or a C extension,
+    bypasses it, so this is an observer for code under evaluation and
+    never a boundary. Paths beneath the folders already on sys.path when
+    recording starts are left out: every worker may read them.
+    """
+
+    def __init__(self) -> None:
+        self.records: dict[str, set[Any]] = {
+            key: set()
+            for key in (
+                "read",
+                "write",
+                "changed",
+                "listed",
+                "sockets",
+                "endpoints",
+                "resolved",
+                "commands",
+                "env",
+            )
+        }
+        self.truncated = False
+        self.hook_errors = 0
+        self._known = tuple(os.path.join(p, "") for p in sys.path if p)
+
+    def start(self) -> None:
+        """Install the hook and start recording environment reads."""
+        os.environ.__class__ = _make_recording_environ(self)
+        sys.addaudithook(self._hook)
+
+    def add(self, key: str, value: Any) -> None:
+        entries = self.records[key]
+        if len(entries) >= _MAX_RECORDED:
+            self.truncated = True
+        elif value not in entries:
+            entries.add(value)
+
+    def report(self) -> dict[str, Any]:
+        """Return the records as JSON lists, then mark the kernel log."""
+        result: dict[str, Any] = {
+            key: sorted(values, key=repr)
+            for key, values in self.records.items()
+        }
+        result["truncated"] = self.truncated
+        result["hook_errors"] = self.hook_errors
+        _mark_kernel_log()
+        return result
+
+    def _hook(self, event: str, args: tuple[Any, ...]) -> None:
+        # An exception here would fail the plugin's own call.
+        try:
+            self._record(event, args)
+        except Exception:
+            self.hook_errors += 1
+
+    def _record(self, event: str, args: tuple[Any, ...]) -> None:
+        if event == "open":
+            key = "write" if _opens_for_write(args[1], args[2]) else "read"
+            self._add_path(key, args[0])
+        elif event in ("os.listdir", "os.scandir"):
+            self._add_path("listed", "." if args[0] is None else args[0])
+        elif event in _CHANGE_EVENTS:
+            for index in _CHANGE_EVENTS[event]:
+                self._add_path("changed", args[index])
+        elif event == "socket.__new__":
+            self.add("sockets", tuple(args[1:4]))
+        elif event in ("socket.connect", "socket.bind", "socket.sendto"):
+            self.add("endpoints", _endpoint(event, args[0], args[1]))
+        elif event == "socket.getaddrinfo":
+            self.add("resolved", str(args[0])[:_MAX_RECORDED_CHARS])
+        elif event in _COMMAND_EVENTS or event == "os.system":
+            self.add("commands", os.fsdecode(args[0])[:_MAX_RECORDED_CHARS])
+        elif event == "ctypes.dlopen" and args[0]:
+            self._add_path("read", args[0])
+
+    def _add_path(self, key: str, path: Any) -> None:
+        if isinstance(path, int):
+            return
+        text = os.path.abspath(os.fsdecode(path))
+        if len(text) > _MAX_RECORDED_CHARS:
+            self.truncated = True
+        elif not text.startswith(self._known):
+            self.add(key, text)
+
+
+def _opens_for_write(mode: Any, flags: Any) -> bool:
+    if isinstance(flags, int) and flags & _OPEN_WRITE_FLAGS:
+        return True
+    return isinstance(mode, str) and any(c in mode for c in "wax+")
+
+
+def _endpoint(event: str, sock: Any, address: Any) -> tuple[Any, ...]:
+    kind = event.rpartition(".")[2]
+    family = int(getattr(sock, "family", -1))
+    if isinstance(address, tuple) and len(address) >= 2:
+        return (kind, family, str(address[0]), int(address[1]))
+    text = os.fsdecode(address) if isinstance(address, bytes) else address
+    return (kind, family, str(text)[:_MAX_RECORDED_CHARS], 0)
+
+
+def _make_recording_environ(recorder: AccessRecorder) -> type:
+    """Return a subclass of os.environ's class that records reads.
+
+    get(), getenv(), ``in`` and copy() all go through __getitem__.
+    """
+    base = type(os.environ)
+
+    class RecordingEnviron(base):  # type: ignore[valid-type, misc]
+        def __getitem__(self, key: Any) -> Any:
+            recorder.add("env", str(key)[:_MAX_RECORDED_CHARS])
+            return super().__getitem__(key)
+
+    return RecordingEnviron
+
+
+def _mark_kernel_log() -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.klogctl(_SYSLOG_ACTION_SIZE_BUFFER, None, 0)
