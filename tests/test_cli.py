@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import pwd
 import re
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ import sandbox
 from conftest import PluginWriter
 from sandbox import Policy, cli, landlock, verify
 from sandbox.cli import main
+from sandbox.uids import DEFAULT_PLUGIN_UIDS, assign_plugin_uids
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -55,6 +55,12 @@ def line_of(output: str, first_word: str) -> str:
 def flat(text: str) -> str:
     """Join wrapped lines, so that a phrase can be found across a break."""
     return " ".join(text.split())
+
+
+def probe_uid() -> int:
+    """The uid a root host gives the probe worker of ``sandbox verify``."""
+    names = [verify.PROBE_PLUGIN, verify.PROBE_NET_PLUGIN]
+    return assign_plugin_uids(names, DEFAULT_PLUGIN_UIDS)[verify.PROBE_PLUGIN]
 
 
 def too_wide(output: str) -> list[str]:
@@ -100,9 +106,9 @@ def test_verify_reports_uid_drop_as_root(
 ) -> None:
     status, out, _ = run(capsys, "verify")
     assert status == 0, out
-    nobody = pwd.getpwnam("nobody").pw_uid
+    uid = probe_uid()
     assert line_of(out, "uid_drop").split()[1] == "enforced"
-    assert f"uid {nobody} (nobody)" in line_of(out, "uid_drop")
+    assert f"runs as uid {uid} (no passwd" in line_of(out, "uid_drop")
     assert line_of(out, "capabilities").split()[1] == "enforced"
 
 
@@ -178,10 +184,9 @@ def test_verify_unreadable_python_fails(
     status, out, _ = run(
         capsys, "verify", "--python", unreadable_python, "--policy", POLICIES
     )
-    nobody = pwd.getpwnam("nobody").pw_uid
     assert status == 1
     assert "The probe worker failed" in out
-    assert f"is not readable by uid {nobody}" in flat(out)
+    assert f"is not readable by uid {probe_uid()}" in flat(out)
     assert line_of(out, "uid_drop").split()[1] == "available"
     assert "MISSING: needed protections are not in force" in flat(out)
 
@@ -450,7 +455,8 @@ def test_demo_creates_notification_folder(
     monkeypatch.setattr(cli, "NOTIFICATION_FOLDER", str(folder))
     cli.prepare_notification_folder()
     info = folder.stat()
-    owner = pwd.getpwnam("nobody").pw_uid if IS_ROOT else os.getuid()
+    uids = assign_plugin_uids(["notification"], DEFAULT_PLUGIN_UIDS)
+    owner = uids["notification"] if IS_ROOT else os.getuid()
     assert info.st_mode & 0o7777 == 0o755
     assert info.st_uid == owner
     note = cli.prepare_notification_folder()

@@ -938,3 +938,239 @@ def test_junk_raises_only_policy_error(data: Any) -> None:
     except PolicyError:
         return
     assert isinstance(policies, PolicySet)
+
+
+# Secrets and host file access
+
+
+def test_secrets_parsed_as_tuple() -> None:
+    policy = Policy.from_dict(plugin({"secrets": ["API_TOKEN", "db.pass"]}))
+    assert policy.for_plugin("x").secrets == ("API_TOKEN", "db.pass")
+
+
+def test_secrets_default_to_none() -> None:
+    assert Policy.from_dict({}).for_plugin("x").secrets == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "message"),
+    [
+        ("API_TOKEN", "plugins.x.secrets", "expected a list"),
+        (["1TOKEN"], "plugins.x.secrets[0]", "invalid secret name"),
+        (["A B"], "plugins.x.secrets[0]", "invalid secret name"),
+        ([""], "plugins.x.secrets[0]", "invalid secret name"),
+        (["A" * 129], "plugins.x.secrets[0]", "invalid secret name"),
+        (["A", "A"], "plugins.x.secrets[1]", "duplicate entry"),
+    ],
+    ids=["not-list", "digit-first", "space", "empty", "too-long", "dup"],
+)
+def test_invalid_secrets_rejected(value: Any, key: str, message: str) -> None:
+    error = rejected(plugin({"secrets": value}))
+    assert error.key == key
+    assert message in error.reason
+
+
+def test_files_parsed_as_folders(tmp_path: Path) -> None:
+    from sandbox.policy import FileAccessPolicy
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    out.mkdir()
+    table = {"files": {"read": [str(data)], "write": [str(out)]}}
+    files = Policy.from_dict(plugin(table)).for_plugin("x").files
+    assert files == FileAccessPolicy(read=(str(data),), write=(str(out),))
+    assert files.readable() == (str(data), str(out))
+
+
+def test_files_default_to_none() -> None:
+    from sandbox.policy import FileAccessPolicy
+
+    assert Policy.from_dict({}).for_plugin("x").files == FileAccessPolicy()
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("data", "not absolute"),
+        ("/@ROOT@/data/", "not normalised"),
+        ("/@ROOT@//data", "not normalised"),
+        ("/@ROOT@/data/../data", "'..'"),
+        ("/@ROOT@/missing", "does not exist"),
+        ("/@ROOT@/data/file.txt", "is not a folder"),
+        ("/@ROOT@/a\0b", "NUL"),
+        (7, "expected a path string"),
+    ],
+    ids=[
+        "relative",
+        "trailing-slash",
+        "double-slash",
+        "dotdot",
+        "missing",
+        "file",
+        "nul",
+        "number",
+    ],
+)
+@pytest.mark.parametrize("access", ["read", "write"])
+def test_invalid_files_folder_rejected(
+    tmp_path: Path, path: Any, message: str, access: str
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "file.txt").write_text("x")
+    if isinstance(path, str):
+        path = path.replace("/@ROOT@", str(tmp_path))
+    error = rejected(plugin({"files": {access: [path]}}))
+    assert error.key == f"plugins.x.files.{access}[0]"
+    assert message in error.reason
+
+
+def test_files_unknown_key_rejected() -> None:
+    error = rejected(plugin({"files": {"writ": []}}))
+    assert error.key == "plugins.x.files.writ"
+    assert "did you mean 'write'?" in error.reason
+
+
+def test_files_not_table_rejected() -> None:
+    error = rejected(plugin({"files": ["/tmp"]}))
+    assert error.key == "plugins.x.files"
+    assert "expected a table" in error.reason
+
+
+def test_files_duplicate_folder_rejected(tmp_path: Path) -> None:
+    error = rejected(plugin({"files": {"read": [str(tmp_path)] * 2}}))
+    assert error.key == "plugins.x.files.read[1]"
+    assert "duplicate entry" in error.reason
+
+
+def test_files_lists_replace_field_by_field(tmp_path: Path) -> None:
+    from sandbox.policy import FileAccessPolicy
+
+    folders = [tmp_path / name for name in ("a", "b", "c")]
+    for folder in folders:
+        folder.mkdir()
+    a, b, c = (str(folder) for folder in folders)
+    policies = Policy.from_dict(
+        {
+            "defaults": {
+                "secrets": ["SHARED"],
+                "files": {"read": [a], "write": [b]},
+            },
+            "plugins": {
+                "x": {"secrets": ["OWN"], "files": {"read": [c]}},
+                "y": {"secrets": []},
+            },
+        }
+    )
+    x = policies.for_plugin("x")
+    assert x.secrets == ("OWN",)
+    assert x.files == FileAccessPolicy(read=(c,), write=(b,))
+    y = policies.for_plugin("y")
+    assert y.secrets == ()
+    assert y.files == FileAccessPolicy(read=(a,), write=(b,))
+    assert policies.for_plugin("z").secrets == ("SHARED",)
+
+
+def test_file_access_policy_checks_fields() -> None:
+    from sandbox.policy import FileAccessPolicy
+
+    with pytest.raises(PolicyError, match="expected a tuple of paths"):
+        FileAccessPolicy(read=["/tmp"])  # type: ignore[arg-type]
+    with pytest.raises(PolicyError, match="not normalised"):
+        FileAccessPolicy(write=("/tmp/",))
+
+
+def test_policy_checks_secret_fields() -> None:
+    with pytest.raises(PolicyError, match="expected a tuple"):
+        Policy(name="x", secrets=["A"])  # type: ignore[arg-type]
+    with pytest.raises(PolicyError, match="invalid secret name"):
+        Policy(name="x", secrets=("A B",))
+    with pytest.raises(PolicyError, match="expected a FileAccessPolicy"):
+        Policy(name="x", files={"read": ()})  # type: ignore[arg-type]
+
+
+# The network setting: false, true or a list of TCP ports
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (False, False),
+        (True, True),
+        ([443], (443,)),
+        ([8080, 443, 1, 65535], (8080, 443, 1, 65535)),
+        ((443,), (443,)),
+    ],
+)
+def test_network_forms_accepted(value: Any, expected: Any) -> None:
+    policy = Policy.from_dict(plugin({"network": value})).for_plugin("x")
+    assert policy.network == expected
+
+
+def test_network_port_list_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text("[plugins.x]\nnetwork = [443, 8080]\n")
+    policy = Policy.load(path).for_plugin("x")
+    assert policy.network == (443, 8080)
+
+
+def test_network_port_list_replaces_default() -> None:
+    data = {
+        "defaults": {"network": [443]},
+        "plugins": {"x": {"network": False}, "y": {"network": [80]}},
+    }
+    policies = Policy.from_dict(data)
+    assert policies.for_plugin("x").network is False
+    assert policies.for_plugin("y").network == (80,)
+    assert policies.for_plugin("unlisted").network == (443,)
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "shown"),
+    [
+        (["443"], "plugins.x.network[0]", "'443' (str)"),
+        ([0], "plugins.x.network[0]", "0 (int)"),
+        ([70000], "plugins.x.network[0]", "70000 (int)"),
+        ([-1], "plugins.x.network[0]", "-1 (int)"),
+        ([443, True], "plugins.x.network[1]", "True (bool)"),
+        ([443.0], "plugins.x.network[0]", "443.0 (float)"),
+        ([443, 8080, 443], "plugins.x.network[2]", "duplicate entry 443"),
+        ([], "plugins.x.network", "empty"),
+        ("443", "plugins.x.network", "'443' (str)"),
+        (443, "plugins.x.network", "443 (int)"),
+        ({"connect": [443]}, "plugins.x.network", "(dict)"),
+    ],
+)
+def test_bad_network_rejected(value: Any, key: str, shown: str) -> None:
+    error = rejected(plugin({"network": value}))
+    assert error.key == key
+    assert error.plugin == "x"
+    assert shown in error.reason
+
+
+def test_bad_port_error_names_file_plugin_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text("[plugins.web]\nnetwork = [443, 0]\n")
+    with pytest.raises(PolicyError) as info:
+        Policy.load(path)
+    error = info.value
+    assert error.source == str(path)
+    assert error.plugin == "web"
+    assert error.key == "plugins.web.network[1]"
+    assert "from 1 to 65535" in error.reason
+
+
+@pytest.mark.parametrize(
+    "network",
+    [[443], (), (0,), (70000,), ("443",), (True,), (443, 443), 1, None],
+)
+def test_network_built_in_code_validated(network: Any) -> None:
+    with pytest.raises(PolicyError) as info:
+        Policy(name="x", network=network)
+    assert info.value.key is not None
+    assert info.value.key.startswith("network")
+
+
+def test_network_tuple_built_in_code_accepted() -> None:
+    policy = Policy(name="x", network=(443, 8080))
+    assert policy.network == (443, 8080)
+    assert hash(policy) == hash(Policy(name="x", network=(443, 8080)))

@@ -20,11 +20,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from . import __version__, verify
+from . import __version__, enforcement, verify
 from .errors import PluginError, SandboxError
 from .host import PluginHost
-from .policy import Policy, PolicySet
+from .policy import DEFAULT_RESOURCES, Policy, PolicySet
 from .runtime import resolve_identity
+from .uids import DEFAULT_PLUGIN_UIDS, plan_plugin_uids
 
 WIDTH = 79
 DEFAULT_PLUGIN_DIR = os.path.join("examples", "plugins")
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_call_parser(commands)
     _add_demo_parser(commands)
     _add_bench_parser(commands)
+    _add_observe_parser(commands)
     return parser
 
 
@@ -235,12 +237,54 @@ def verify_command(args: argparse.Namespace) -> int:
     if policy_set is not None:
         needs |= verify.requirements_for(policy_set, as_root=report.as_root)
     missing = verify.missing_for(report, needs)
+    plans = _planned_reports(report, policy_set, needs)
     if args.json:
         document = _verify_document(report, args.policy, needs, missing)
+        _add_enforcement(document, plans)
         print(json.dumps(document, indent=2))
     else:
-        _print_verify(report, args.policy, needs, missing)
-    return EXIT_FAILED if any(missing.values()) else EXIT_OK
+        _print_verify(report, args.policy, needs, missing, plans)
+    gaps = any(plan.gaps() for plan in plans.values())
+    return EXIT_FAILED if gaps or any(missing.values()) else EXIT_OK
+
+
+def _planned_reports(
+    report: verify.MachineReport,
+    policy_set: PolicySet | None,
+    needs: Mapping[str, list[str]],
+) -> dict[str, enforcement.EnforcementReport]:
+    """Return the planned enforcement report of each entry of ``needs``.
+
+    Empty without a policy file. [defaults] stands for the plugins
+    without a table. Manifests are not read, so every capability of a
+    policy counts as declared.
+    """
+    if policy_set is None:
+        return {}
+    plans = {}
+    for name in needs:
+        policy = (
+            policy_set.defaults
+            if name == DEFAULTS
+            else policy_set.for_plugin(name)
+        )
+        resources = policy.resources.merged_over(DEFAULT_RESOURCES)
+        plans[name] = enforcement.planned_report(
+            name, policy, resources, report
+        )
+    return plans
+
+
+def _add_enforcement(
+    document: dict[str, Any],
+    plans: Mapping[str, enforcement.EnforcementReport],
+) -> None:
+    for name, plan in plans.items():
+        entry = document["defaults" if name == DEFAULTS else "plugins"]
+        if name != DEFAULTS:
+            entry = entry[name]
+        entry["enforcement"] = plan.to_dict()
+        document["ok"] = document["ok"] and not plan.gaps()
 
 
 def _verify_document(
@@ -267,6 +311,7 @@ def _print_verify(
     policy_path: str | None,
     needs: Mapping[str, list[str]],
     missing: Mapping[str, list[str]],
+    plans: Mapping[str, enforcement.EnforcementReport],
 ) -> None:
     running_as = "root" if report.as_root else f"uid {os.getuid()}"
     print(f"sandbox {__version__}: what this machine enforces on workers")
@@ -289,6 +334,8 @@ def _print_verify(
         for plugin, plugin_needs in needs.items():
             print()
             _print_needs(report, plugin, plugin_needs, policy_path)
+            if plugin in plans:
+                _print_enforcement(plans[plugin])
     print()
     _print_wrapped(_verify_summary(missing, policy_path))
     if report.probe_error is not None:
@@ -328,6 +375,17 @@ def _print_needs(
             11,
         )
     _print_field("MISSING", ", ".join(groups["no"]) or "none", 11)
+
+
+def _print_enforcement(plan: enforcement.EnforcementReport) -> None:
+    """Print one row per layer: status, then requested -> enforced."""
+    rows = []
+    for layer in plan.layers:
+        detail = f"{layer.requested_summary} -> {layer.enforced_summary}"
+        if layer.gap:
+            detail += f". GAP: {layer.gap}"
+        rows.append(("  " + layer.layer, layer.status, detail))
+    _print_table(("  layer", "status", "requested -> enforced"), rows)
 
 
 def _verify_summary(
@@ -423,6 +481,71 @@ def _load_policies(path: str | None) -> PolicySet:
     return PolicySet.empty()
 
 
+# -- sandbox observe ---------------------------------------------------------
+
+
+def _add_observe_parser(commands: _Subparsers) -> None:
+    observe_parser = commands.add_parser(
+        "observe",
+        help="run a plugin unenforced and print the policy it needs",
+        description="Call METHOD once in observe mode and print the "
+        "smallest [plugins.PLUGIN] policy table that lets the call run. "
+        "Observe mode logs what the sandbox would deny instead of "
+        "denying it, so the plugin runs with no Landlock and no seccomp "
+        "denials: use it only on code you are evaluating, never on "
+        "hostile code. Exits with 1 when the call failed.",
+    )
+    observe_parser.add_argument("plugin", metavar="PLUGIN")
+    observe_parser.add_argument("method", metavar="METHOD")
+    observe_parser.add_argument(
+        "--params",
+        metavar="JSON",
+        default="{}",
+        help="keyword arguments as a JSON object (default: {})",
+    )
+    observe_parser.add_argument(
+        "--plugin-dir",
+        "--plugins",
+        dest="plugins",
+        metavar="DIR",
+        action="append",
+        help=f"plugin folder, repeatable (default: {DEFAULT_PLUGIN_DIR} "
+        "if it exists)",
+    )
+    observe_parser.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="policy file whose user and max_message_bytes the run uses "
+        f"(default: {DEFAULT_POLICY} if it exists)",
+    )
+    observe_parser.add_argument(
+        "--timeout",
+        metavar="S",
+        type=_positive_seconds,
+        help="wall-clock limit of the call in seconds (default: 300)",
+    )
+    observe_parser.set_defaults(command=observe_command)
+
+
+def observe_command(args: argparse.Namespace) -> int:
+    """Observe one call and print the suggested policy table as TOML."""
+    from .observe import observe_plugin
+
+    params = parse_params(args.params)
+    observation = observe_plugin(
+        _plugin_dirs(args.plugins),
+        args.plugin,
+        [(args.method, params)],
+        _load_policies(args.policy),
+        timeout=args.timeout,
+    )
+    print(observation.suggested_policy_toml(), end="")
+    for call in observation.calls:
+        if call.error is not None:
+            _print_error(f"call {call.method!r} failed: {call.error}")
+    return EXIT_OK if observation.succeeded else EXIT_FAILED
+
+
 # -- sandbox bench -----------------------------------------------------------
 
 
@@ -489,7 +612,7 @@ def demo_command(args: argparse.Namespace) -> int:
     )
     _print_wrapped(folder_note)
     with PluginHost(plugin_dirs, policies, max_workers=5) as host:
-        host.subscribe(lambda event: events.update([str(event["event"])]))
+        host.subscribe(lambda event: _show_audit_event(event, events))
         outcomes = [step(host) for step in _DEMO_STEPS]
     print()
     summary = ", ".join(f"{count} {name}" for name, count in events.items())
@@ -497,15 +620,71 @@ def demo_command(args: argparse.Namespace) -> int:
     return EXIT_OK if all(outcomes) else EXIT_FAILED
 
 
+# Fields the demo shows of each audit event, when present.
+AUDIT_FIELDS = (
+    "pid",
+    "uid",
+    "capability",
+    "layer",
+    "limit",
+    "syscall_name",
+    "syscall",
+    "reported_by",
+    "seconds",
+    "reason",
+)
+
+
+def _show_audit_event(event: Mapping[str, Any], counts: Counter[str]) -> None:
+    """Print one audit event on one line and count it by name."""
+    name = str(event.get("event"))
+    counts.update([name])
+    shown = [f"{name} {event.get('plugin')}"]
+    report = event.get("enforcement")
+    if isinstance(report, dict):
+        gaps = [
+            layer
+            for layer, entry in report.get("layers", {}).items()
+            if entry.get("status") == "not_enforced"
+        ]
+        shown.append(f"gaps={','.join(gaps) or 'none'}")
+    for key in AUDIT_FIELDS:
+        if event.get(key) is not None:
+            # /proc shows four uids; the first, the real uid, is enough.
+            value = str(event[key]).split("\t", 1)[0]
+            shown.append(f"{key}={value}")
+    line = _escape(" ".join(shown), limit=WIDTH - len("  audit: "))
+    print(f"  audit: {line}")
+
+
 def prepare_notification_folder() -> str:
     """Create the notification plugin's folder if missing; return a note.
 
-    The folder gets mode 0755 and, on a root host, the owner that workers
-    run as, so the worker can write there and other users cannot.
+    The folder gets mode 0755 and, on a root host, the uid and gid that a
+    PluginHost with the default plugin_uids gives the plugin named
+    notification, so that its worker can write there and other users
+    cannot. A sticky world-writable folder would let any local user
+    create the log file first and read what the plugin appends to it.
     """
+    as_root = os.geteuid() == 0
+    # The demo host gives the plugin this uid too, unless the name of a
+    # plugin that sorts before it hashes to the same uid. Then the worker
+    # cannot write here, and the demo shows that error.
+    plugin_uid = plan_plugin_uids(
+        ["notification"], DEFAULT_PLUGIN_UIDS, as_root=as_root
+    ).get("notification")
+    identity = resolve_identity(None, as_root=as_root, plugin_uid=plugin_uid)
     try:
         os.mkdir(NOTIFICATION_FOLDER, 0o755)
     except FileExistsError:
+        folder_uid = os.lstat(NOTIFICATION_FOLDER).st_uid
+        if identity is not None and folder_uid != identity.uid:
+            return (
+                f"{NOTIFICATION_FOLDER} exists and is left as it is, but "
+                f"its owner is uid {folder_uid}, not the plugin's uid "
+                f"{identity.uid}, so the plugin cannot write there. Remove "
+                "it to let the demo create it again."
+            )
         return f"{NOTIFICATION_FOLDER} exists and is left as it is."
     # O_NOFOLLOW, so that a symlink put in its place is never followed.
     fd = os.open(
@@ -513,7 +692,6 @@ def prepare_notification_folder() -> str:
     )
     try:
         os.fchmod(fd, 0o755)
-        identity = resolve_identity(None, as_root=os.geteuid() == 0)
         if identity is not None:
             os.fchown(fd, identity.uid, identity.gid)
     finally:

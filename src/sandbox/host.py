@@ -11,6 +11,7 @@ not only the process.
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import os
 import threading
@@ -23,8 +24,10 @@ from typing import Any
 
 from . import launcher
 from .audit import AuditEvent, AuditLog
+from .broker import Argument, CapabilityBroker, Schema
 from .errors import (
     CapabilityDenied,
+    LaunchError,
     PluginCrashed,
     PluginNotFound,
     PolicyError,
@@ -33,6 +36,7 @@ from .errors import (
 )
 from .launcher import SpawnedProcess, SpawnRequest
 from .manifest import PluginManifest, discover_plugins
+from .platform import unsupported_reason
 from .policy import Policy, PolicySet, Resources
 from .process import WorkerProcess, WorkerStopped
 from .runtime import (
@@ -43,6 +47,7 @@ from .runtime import (
 )
 from .shm import WorkerDeathMonitor, resolve_transport
 from .spawnplan import WorkerConfig, sweep_scratch_root
+from .uids import DEFAULT_PLUGIN_UIDS, plan_plugin_uids
 
 logger = logging.getLogger("sandbox.host")
 
@@ -51,6 +56,10 @@ NOTIFY_LEVELS = ("debug", "info", "warning", "error")
 MAX_NOTIFICATION_CHARS = 4096
 NOTIFICATIONS_KEPT = 1000
 NOTIFICATIONS_PER_PLUGIN = 100
+_NOTIFY_SCHEMA: Schema = {
+    "message": Argument(str, max_length=MAX_NOTIFICATION_CHARS),
+    "level": Argument(str, required=False, max_length=16),
+}
 
 # Hosts not closed yet. When the interpreter exits, the parent-death signal
 # ends their workers, but only close() removes their scratch folders.
@@ -63,6 +72,28 @@ def _close_unclosed_hosts() -> None:
         host.close()
 
 
+def _check_platform(strict: bool) -> None:
+    """Raise LaunchError, in strict mode, where workers cannot get seccomp.
+
+    Such a platform (macOS, or a portable build of sandbox._native) lacks
+    every mechanism of sandbox.platform.LINUX_ONLY_PROTECTIONS, so no
+    policy could be enforced in full there.
+    """
+    reason = unsupported_reason()
+    if reason is None or not strict:
+        return
+    # NOTE: spawnplan still asks the launcher for Landlock and seccomp,
+    # which a portable launcher fails with ENOSYS, so strict=False only
+    # gets workers started once it leaves them out on such a platform.
+    raise LaunchError(
+        "platform",
+        errno.EOPNOTSUPP,
+        f"seccomp, Landlock, no_new_privs and the capability bounding "
+        f"set are {reason}; pass strict=False to PluginHost to run "
+        "plugins with rlimits, the uid drop and a new session only",
+    )
+
+
 @dataclass(frozen=True)
 class Notification:
     """One ``notify`` capability call, as the host received it."""
@@ -73,7 +104,14 @@ class Notification:
 
 
 class PluginHost:
-    """Runs plugins from ``plugin_dirs`` in sandboxed worker processes."""
+    """Runs plugins from ``plugin_dirs`` in sandboxed worker processes.
+
+    As root, each plugin's workers run as a uid of its own from
+    ``plugin_uids`` (see sandbox.uids), with the same gid and no
+    supplementary groups, unless its policy names a ``user``. With
+    ``plugin_uids=None`` every plugin runs as ``nobody``. A host that is
+    not root runs workers as its own uid and ignores ``plugin_uids``.
+    """
 
     def __init__(
         self,
@@ -87,6 +125,7 @@ class PluginHost:
         scratch_root: str | None = None,
         transport: str = "auto",
         strict: bool = True,
+        plugin_uids: range | None = DEFAULT_PLUGIN_UIDS,
     ) -> None:
         if max_workers < 1:
             raise ValueError(
@@ -117,17 +156,22 @@ class PluginHost:
             "/tmp", f"sandbox-scratch-{os.getuid()}"
         )
         sweep_scratch_root(self.scratch_root)
+        # Raises ValueError for an invalid range, also when not root.
+        self._plugin_uids = plan_plugin_uids(
+            self.plugins, plugin_uids, as_root=os.geteuid() == 0
+        )
         # False: start plugins even where the kernel cannot enforce part of
         # their policy, and report each gap as a protection_missing event.
         self.strict = strict
+        _check_platform(strict)
         self.audit = AuditLog()
         self.notifications: deque[Notification] = deque(
             maxlen=NOTIFICATIONS_KEPT
         )
-        self._handlers: dict[str, CapabilityHandler] = {
-            "notify": self._notify,
-            "read_env": self._read_env,
-        }
+        self._broker = CapabilityBroker(
+            self.audit, manifest_of=self._manifest, policy_of=self._policy
+        )
+        self._broker.register("notify", self._notify, schema=_NOTIFY_SCHEMA)
         self._workers: OrderedDict[str, WorkerProcess] = OrderedDict()
         self._call_locks: dict[str, threading.Lock] = {}
         # The worker that each plugin's call in progress has reached, so
@@ -204,6 +248,20 @@ class PluginHost:
             worker = self._worker(manifest)
             return {**worker.status, "kernel": dict(worker.kernel_status)}
 
+    def enforcement_report(self, plugin: str) -> dict[str, Any]:
+        """Return what the policy of ``plugin`` requests and what is enforced.
+
+        Starts the worker if none runs, so the report is always that of a
+        running worker: its layers come from what the host handed to the
+        launcher and from the kernel's /proc view of the process. For a
+        report without a worker, see sandbox.enforcement.planned_report.
+        """
+        manifest = self._manifest(plugin)
+        with self._call_lock(plugin):
+            worker = self._worker(manifest)
+            assert worker.enforcement is not None
+            return worker.enforcement.to_dict()
+
     def interrupt(self, plugin: str) -> bool:
         """Kill the worker that runs a call to ``plugin``, ending the call.
 
@@ -221,14 +279,33 @@ class PluginHost:
         return True
 
     def register_capability(
-        self, name: str, handler: CapabilityHandler
+        self,
+        name: str,
+        handler: CapabilityHandler,
+        *,
+        schema: Schema | None = None,
     ) -> None:
         """Serve capability ``name`` with ``handler(plugin, params)``.
 
-        The handler runs only for plugins whose policy grants ``name``;
-        raising CapabilityDenied refuses one call.
+        The handler runs only for plugins whose policy grants ``name``,
+        and raising CapabilityDenied rejects one call. ``schema`` maps
+        each argument name to a sandbox.broker.Argument. With a schema,
+        a call whose arguments do not match it is rejected before the
+        handler runs. Without one, the handler gets the params unchecked.
         """
-        self._handlers[name] = handler
+        self._broker.register(name, handler, schema=schema)
+
+    def provide_secret(self, plugin: str, name: str, value: str) -> None:
+        """Give ``plugin`` the secret ``name``, fetched with get_secret().
+
+        The plugin gets it only while its policy lists ``name`` in
+        ``secrets`` and grants the ``get_secret`` capability. The value
+        never enters the worker's environment or an audit event, and the
+        host replaces it with "[redacted]" in the worker's output and in
+        the errors of the plugin's calls. Providing a name again replaces
+        the value.
+        """
+        self._broker.provide_secret(plugin, name, value)
 
     def subscribe(
         self, callback: Callable[[AuditEvent], None]
@@ -380,7 +457,11 @@ class PluginHost:
 
     def _config(self, manifest: PluginManifest) -> WorkerConfig:
         policy = self._policy(manifest.name)
-        identity = resolve_identity(policy.user, as_root=os.geteuid() == 0)
+        identity = resolve_identity(
+            policy.user,
+            as_root=os.geteuid() == 0,
+            plugin_uid=self._plugin_uids.get(manifest.name),
+        )
         runtime = worker_runtime(self.interpreter)
         check_runtime_readable(
             runtime, [manifest.folder, *manifest.python_path], identity
@@ -430,55 +511,9 @@ class PluginHost:
 
     # -- capabilities --------------------------------------------------------
 
-    def _broker(
-        self, plugin: str, capability: str, params: dict[str, Any]
-    ) -> Any:
-        try:
-            handler = self._capability_handler(plugin, capability)
-            result = handler(plugin, params)
-        except CapabilityDenied as error:
-            self.audit.emit(
-                "capability_denied",
-                plugin,
-                capability=capability,
-                reason=str(error),
-            )
-            raise
-        self.audit.emit("capability_granted", plugin, capability=capability)
-        return result
-
-    def _capability_handler(
-        self, plugin: str, capability: str
-    ) -> CapabilityHandler:
-        manifest = self._manifest(plugin)
-        if capability not in self._granted(manifest):
-            if capability in manifest.capabilities:
-                reason = "its policy does not grant it"
-            else:
-                reason = "its plugin.toml does not list it in capabilities"
-            raise CapabilityDenied(
-                f"capability {capability[:64]!r} is not available to plugin "
-                f"{plugin!r}: {reason}"
-            )
-        handler = self._handlers.get(capability)
-        if handler is None:
-            raise CapabilityDenied(
-                f"capability {capability!r} has no handler in this host; "
-                "register one with PluginHost.register_capability"
-            )
-        return handler
-
     def _notify(self, plugin: str, params: dict[str, Any]) -> None:
-        message = params.get("message")
+        message = params["message"]
         level = params.get("level", "info")
-        if (
-            not isinstance(message, str)
-            or len(message) > MAX_NOTIFICATION_CHARS
-        ):
-            raise CapabilityDenied(
-                "notify needs a message string of at most "
-                f"{MAX_NOTIFICATION_CHARS} characters"
-            )
         if level not in NOTIFY_LEVELS:
             raise CapabilityDenied(
                 f"notify level must be one of {', '.join(NOTIFY_LEVELS)}"
@@ -496,16 +531,6 @@ class PluginHost:
         if len(mine) >= NOTIFICATIONS_PER_PLUGIN:
             kept.remove(mine[0])
         kept.append(notification)
-
-    def _read_env(self, plugin: str, params: dict[str, Any]) -> str | None:
-        name = params.get("name")
-        allowed = self._policy(plugin).env
-        if not isinstance(name, str) or name not in allowed:
-            raise CapabilityDenied(
-                f"variable {str(name)[:64]!r} is not in the env allowlist of "
-                f"plugin {plugin!r}"
-            )
-        return os.environ.get(name)
 
 
 def _arguments(params: object) -> dict[str, Any]:

@@ -16,6 +16,37 @@ gets the ``[defaults]`` policy, and an empty ``[defaults]`` grants no
 capability, no network and no file access beyond what the launcher gives
 every worker. Every invalid value raises PolicyError with the file, the
 plugin and the dotted key.
+
+``network`` takes one of three forms::
+
+    network = false          # the default: no network
+    network = true           # every socket family, address and port
+    network = [443, 8080]    # TCP connect() to these ports only
+
+Under ``false``, the seccomp program makes socket() fail for every
+family, and Landlock denies TCP bind() and connect(). Under a port
+list, seccomp allows socket() only for TCP over IPv4 and IPv6 and
+denies listen(), so UDP (and with it DNS lookups), raw, packet, netlink
+and unix sockets stay denied. Landlock then allows connect() to the
+listed ports and denies bind(). A port rule matches every address,
+because Landlock has no address rules and no network namespace is
+used: ``[443]`` reaches port 443 on loopback as on any other host.
+Under ``true``, neither layer filters sockets. Under every form,
+Landlock's scope denies connecting to abstract unix sockets that were
+created outside the worker.
+
+Two keys configure capabilities that the host carries out for a plugin.
+``secrets`` lists the names of the secrets that the plugin may fetch with
+the ``get_secret`` capability. ``files`` lists folders that the host reads
+(``read``) or reads and writes (``write``) for the plugin through the
+``read_file``, ``write_file`` and ``list_files`` capabilities. The worker
+never opens these folders itself, so they are separate from
+``filesystem``, which Landlock enforces in the worker::
+
+    [plugins.reports]
+    capabilities = ["get_secret", "read_file", "write_file"]
+    secrets = ["API_TOKEN"]
+    files = { read = ["/srv/data"], write = ["/srv/out"] }
 """
 
 from __future__ import annotations
@@ -27,6 +58,7 @@ import os
 import pwd
 import re
 import reprlib
+import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +73,7 @@ else:  # tomllib is in the standard library from Python 3.11 on.
 
 __all__ = [
     "DEFAULT_RESOURCES",
+    "FileAccessPolicy",
     "FilesystemPolicy",
     "Policy",
     "PolicySet",
@@ -77,8 +110,11 @@ _POLICY_KEYS = (
     "user",
     "env",
     "max_message_bytes",
+    "secrets",
+    "files",
 )
 _FILESYSTEM_KEYS = ("read", "write", "readonly")
+_FILES_KEYS = ("read", "write")
 _RESOURCE_KEYS = (*_INT_RESOURCE_BOUNDS, "timeout")
 
 
@@ -164,6 +200,11 @@ _ENV_NAME = _NameRule(
     "environment variable",
     re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}"),
     "1 to 128 characters from A-Z a-z 0-9 _, not starting with a digit",
+)
+_SECRET_NAME = _NameRule(
+    "secret",
+    re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}"),
+    "1 to 128 characters from A-Z a-z 0-9 _ . -, starting with a letter or _",
 )
 
 
@@ -331,6 +372,31 @@ def _check_existing_path(value: object, where: _Where) -> str:
     return path
 
 
+def _check_existing_folder(value: object, where: _Where) -> str:
+    """Check that a path is absolute, normalised and an existing folder."""
+    path = _check_normalised_path(value, where)
+    try:
+        is_folder = stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        raise where.error(
+            f"folder {path!r} does not exist; "
+            "create it first or remove it from the list"
+        ) from None
+    except OSError as err:
+        raise where.error(
+            f"failed to check folder {path!r}: {err.strerror}"
+        ) from err
+    except ValueError as err:
+        # A lone surrogate in a str path cannot be encoded to bytes.
+        raise where.error(f"path {path!r} is not a valid file name") from err
+    if not is_folder:
+        raise where.error(
+            f"path {path!r} is not a folder; list the folder that "
+            "contains the files"
+        )
+    return path
+
+
 def _check_readonly_conflict(
     readonly: bool, write: Sequence[str], where: _Where
 ) -> None:
@@ -342,6 +408,48 @@ def _check_readonly_conflict(
         )
 
 
+_PORT_BOUNDS = (1, 65535, "TCP port")
+
+
+def _parse_network(value: object, where: _Where) -> bool | tuple[int, ...]:
+    """Parse ``network``: true, false or a list of TCP ports."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (list, tuple)):
+        return _check_ports(value, where)
+    raise where.error(
+        "expected true, false or a list of TCP ports such as [443, 8080], "
+        f"got {_show(value)}"
+    )
+
+
+def _check_network_field(value: object, where: _Where) -> None:
+    # A tuple rather than a list keeps a Policy hashable.
+    if isinstance(value, tuple):
+        _check_ports(value, where)
+    elif not isinstance(value, bool):
+        raise where.error(
+            f"expected True, False or a tuple of TCP ports, got {_show(value)}"
+        )
+
+
+def _check_ports(items: Sequence[object], where: _Where) -> tuple[int, ...]:
+    if not items:
+        raise where.error(
+            "the list of TCP ports is empty; list at least one port, "
+            "or write false to deny all network access"
+        )
+    ports: dict[int, None] = {}
+    for index, item in enumerate(items):
+        port = _check_int(item, where.item(index), _PORT_BOUNDS)
+        if port in ports:
+            raise where.item(index).error(
+                f"duplicate entry {port}; list each entry once"
+            )
+        ports[port] = None
+    return tuple(ports)
+
+
 def _check_policy_fields(policy: Policy, where: _Where) -> None:
     """Check a Policy built directly in code, not read from a file."""
     if not isinstance(policy.capabilities, frozenset):
@@ -350,7 +458,7 @@ def _check_policy_fields(policy: Policy, where: _Where) -> None:
         )
     for name in sorted(policy.capabilities, key=repr):
         _CAPABILITY_NAME.check(name, where.at("capabilities"))
-    _check_bool(policy.network, where.at("network"))
+    _check_network_field(policy.network, where.at("network"))
     if not isinstance(policy.filesystem, FilesystemPolicy):
         raise where.at("filesystem").error(
             f"expected a FilesystemPolicy, got {_show(policy.filesystem)}"
@@ -371,6 +479,20 @@ def _check_policy_fields(policy: Policy, where: _Where) -> None:
         where.at("max_message_bytes"),
         _MESSAGE_BYTES_BOUNDS,
     )
+    _check_capability_data_fields(policy, where)
+
+
+def _check_capability_data_fields(policy: Policy, where: _Where) -> None:
+    """Check the ``secrets`` and ``files`` fields of a Policy."""
+    if not isinstance(policy.secrets, tuple):
+        raise where.at("secrets").error(
+            f"expected a tuple, got {_show(policy.secrets)}"
+        )
+    _check_unique_list(policy.secrets, where.at("secrets"), _SECRET_NAME.check)
+    if not isinstance(policy.files, FileAccessPolicy):
+        raise where.at("files").error(
+            f"expected a FileAccessPolicy, got {_show(policy.files)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -443,6 +565,34 @@ class FilesystemPolicy:
 
 
 @dataclass(frozen=True)
+class FileAccessPolicy:
+    """Folders whose files the host reads or writes for a plugin.
+
+    Paths are absolute and normalised, and a folder in ``write`` may also
+    be read. The host opens every file beneath one of these folders
+    itself, on behalf of the ``read_file``, ``write_file`` and
+    ``list_files`` capabilities.
+    """
+
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        where = _Where("<FileAccessPolicy>")
+        for key in _FILES_KEYS:
+            paths = getattr(self, key)
+            if not isinstance(paths, tuple):
+                raise where.at(key).error(
+                    f"expected a tuple of paths, got {_show(paths)}"
+                )
+            _check_unique_list(paths, where.at(key), _check_normalised_path)
+
+    def readable(self) -> tuple[str, ...]:
+        """Return the folders that may be read: ``read``, then ``write``."""
+        return (*self.read, *(p for p in self.write if p not in self.read))
+
+
+@dataclass(frozen=True)
 class Policy:
     """The policy of one plugin after ``[defaults]`` has been applied.
 
@@ -450,17 +600,24 @@ class Policy:
     field left as None there is inherited as described in
     PolicySet.effective_resources. ``user`` is a user name or uid to run
     as, and None keeps the host's default. ``env`` lists the names of
-    the environment variables passed through.
+    the environment variables passed through. ``network`` is False (no
+    network), True (no filter) or a tuple of the TCP ports that
+    connect() may reach; the module docstring says which kernel layer
+    enforces each form. ``secrets`` lists the
+    names of the secrets the plugin may fetch, and ``files`` the folders
+    the host reads and writes for it.
     """
 
     name: str
     capabilities: frozenset[str] = frozenset()
-    network: bool = False
+    network: bool | tuple[int, ...] = False
     filesystem: FilesystemPolicy = FilesystemPolicy()
     resources: Resources = Resources()
     user: str | int | None = None
     env: tuple[str, ...] = ()
     max_message_bytes: int = 1 << 20
+    secrets: tuple[str, ...] = ()
+    files: FileAccessPolicy = FileAccessPolicy()
     source: str = "<dict>"
 
     def __post_init__(self) -> None:
@@ -484,9 +641,10 @@ class Policy:
 
         A plugin table is merged over ``[defaults]``. Scalars and each
         field of ``resources`` and ``filesystem`` override the default
-        one by one. A list (``capabilities``, ``env``,
-        ``filesystem.read``, ``filesystem.write``) that the plugin table
-        sets replaces the default list as a whole.
+        one by one, and so does each field of ``files``. A list
+        (``capabilities``, ``env``, ``secrets``, ``filesystem.read``,
+        ``filesystem.write``, ``files.read``, ``files.write``) that the
+        plugin table sets replaces the default list as a whole.
         """
         return _parse_policy_file(data, source)
 
@@ -618,6 +776,19 @@ def _parse_filesystem(value: object, where: _Where) -> dict[str, Any]:
     return fields
 
 
+def _parse_secrets(value: object, where: _Where) -> tuple[str, ...]:
+    return _check_unique_list(value, where, _SECRET_NAME.check)
+
+
+def _parse_files(value: object, where: _Where) -> dict[str, Any]:
+    """Parse a files table into the FileAccessPolicy fields it sets."""
+    table = _check_table(value, where, _FILES_KEYS)
+    return {
+        key: _check_unique_list(raw, where.at(key), _check_existing_folder)
+        for key, raw in table.items()
+    }
+
+
 def _parse_resources(value: object, where: _Where) -> Resources:
     table = _check_table(value, where, _RESOURCE_KEYS)
     checked: dict[str, Any] = {
@@ -629,12 +800,14 @@ def _parse_resources(value: object, where: _Where) -> Resources:
 
 _FIELD_PARSERS: dict[str, Callable[[object, _Where], Any]] = {
     "capabilities": _parse_capabilities,
-    "network": _check_bool,
+    "network": _parse_network,
     "filesystem": _parse_filesystem,
     "resources": _parse_resources,
     "user": _check_user,
     "env": _parse_env,
     "max_message_bytes": _parse_message_bytes,
+    "secrets": _parse_secrets,
+    "files": _parse_files,
 }
 
 
@@ -661,6 +834,8 @@ def _merge_fields(
         merged["resources"] = plugin["resources"].merged_over(
             defaults["resources"]
         )
+    if "files" in defaults and "files" in plugin:
+        merged["files"] = {**defaults["files"], **plugin["files"]}
     return merged
 
 
@@ -673,10 +848,13 @@ def _build_policy(
         filesystem_fields.get("write", ()),
         where.at("filesystem"),
     )
-    other_fields = {k: v for k, v in fields.items() if k != "filesystem"}
+    other_fields = {
+        k: v for k, v in fields.items() if k not in ("filesystem", "files")
+    }
     return Policy(
         name=name,
         filesystem=FilesystemPolicy(**filesystem_fields),
+        files=FileAccessPolicy(**fields.get("files", {})),
         source=where.source,
         **other_fields,
     )

@@ -19,7 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 from . import channel as rpc
+from . import enforcement, kmsg
 from .audit import AuditLog
+from .broker import CapabilityBroker, redact_secrets
 from .errors import (
     CapabilityDenied,
     LaunchError,
@@ -72,7 +74,7 @@ class WorkerProcess:
         self,
         config: WorkerConfig,
         granted: frozenset[str],
-        broker: Callable[[str, str, dict[str, Any]], Any],
+        broker: CapabilityBroker,
         audit: AuditLog,
         death_monitor: WorkerDeathMonitor | None = None,
     ) -> None:
@@ -90,6 +92,11 @@ class WorkerProcess:
         self.status: dict[str, Any] = {}
         # What the kernel reports in /proc/PID/status, read by the host.
         self.kernel_status: dict[str, str] = {}
+        # Requested versus enforced, per layer, once the worker started.
+        self.enforcement: enforcement.EnforcementReport | None = None
+        # Opened before the spawn, to find the kernel's record of a
+        # seccomp kill of this worker.
+        self._kernel_log: kmsg.KernelLogWatch | None = None
         self.alive = False
         self._last_pid = -1
         self._reaped_pidfd: int | None = None
@@ -107,6 +114,7 @@ class WorkerProcess:
         self._plan = plan = plan_worker(self.config)
         try:
             self._check_landlock(plan)
+            self._kernel_log = kmsg.KernelLogWatch()
             self._process = spawner(plan.request)
         except BaseException:
             plan.close_child_side()
@@ -125,6 +133,8 @@ class WorkerProcess:
                 )
             self.status = status
             self.kernel_status = read_kernel_status(self.pid)
+            self.enforcement = self._read_enforcement(plan)
+            self._check_enforcement(self.enforcement)
         except BaseException:
             self.stop()
             raise
@@ -136,16 +146,57 @@ class WorkerProcess:
             seccomp=self.kernel_status.get("Seccomp"),
             no_new_privs=self.kernel_status.get("NoNewPrivs"),
             landlock_abi=getattr(plan.landlock_report, "abi", 0),
+            enforcement=self.enforcement.to_dict(),
         )
+
+    def _read_enforcement(
+        self, plan: WorkerPlan
+    ) -> enforcement.EnforcementReport:
+        facts = enforcement.worker_facts(self.config, plan, self.granted)
+        limits = enforcement.read_rlimits(self.pid)
+        return enforcement.running_report(
+            facts, self.pid, self.kernel_status, limits
+        )
+
+    def _check_enforcement(
+        self, report: enforcement.EnforcementReport
+    ) -> None:
+        """Reject, in strict mode, a worker with a requested layer missing.
+
+        The launcher fails the spawn when a step fails, so a gap found
+        here means the kernel shows another state than the one set. The
+        plugin's module has been imported by then. Landlock was checked
+        before the spawn.
+        """
+        for layer in report.gaps():
+            if layer.layer == enforcement.LANDLOCK:
+                continue
+            self._audit.emit(
+                "protection_missing",
+                self.name,
+                layer=layer.layer,
+                gap=layer.gap,
+            )
+            if self.config.strict:
+                raise LaunchError(
+                    layer.layer,
+                    errno.EOPNOTSUPP,
+                    f"{layer.gap}; pass strict=False to PluginHost to run "
+                    "plugins with that gap",
+                )
 
     def _check_landlock(self, plan: WorkerPlan) -> None:
         """Reject, in strict mode, a ruleset that leaves rights unhandled."""
         report = plan.landlock_report
         missing = tuple(report.missing) if report is not None else ()
-        if not missing:
+        if report is None or not missing:
             return
         self._audit.emit(
-            "protection_missing", self.name, layer="landlock", missing=missing
+            "protection_missing",
+            self.name,
+            layer="landlock",
+            missing=missing,
+            gap=f"ABI {report.abi} lacks {', '.join(missing)}",
         )
         if self.config.strict:
             raise LaunchError(
@@ -257,6 +308,9 @@ class WorkerProcess:
         return status, usage
 
     def _release(self) -> None:
+        if self._kernel_log is not None:
+            self._kernel_log.close()
+            self._kernel_log = None
         if self._channel is not None:
             self._channel.close()
             self._channel = None
@@ -333,8 +387,9 @@ class WorkerProcess:
         if isinstance(error, TimeoutError):
             self._audit.emit("timeout_kill", self.name, seconds=timeout)
             return PluginTimeout(self.name, timeout)
-        self._audit.emit("protocol_violation", self.name, reason=str(error))
-        return error
+        reason = self._redact(str(error))
+        self._audit.emit("protocol_violation", self.name, reason=reason)
+        return error if reason == str(error) else ProtocolError(reason)
 
     def _await_reply(self, call_id: int, deadline: float) -> Any:
         assert self._channel is not None
@@ -399,7 +454,9 @@ class WorkerProcess:
 
     def _reply_error(self, error: dict[str, Any]) -> SandboxError:
         code = error["code"]
-        message = printable(error["message"], MAX_WORKER_TEXT)
+        # Redacted before printable() cuts the text, which could leave
+        # the start of a secret behind.
+        message = printable(self._redact(error["message"]), MAX_WORKER_TEXT)
         data = error.get("data")
         if not isinstance(data, dict):
             data = {}
@@ -414,12 +471,18 @@ class WorkerProcess:
             return ResourceLimitExceeded(self.name, limit, message)
         if code == rpc.METHOD_NOT_FOUND:
             return PluginNotFound(f"plugin {self.name!r}: {message}")
+        type_name = self._redact(str(data.get("type", "Error")))
+        traceback = self._redact(str(data.get("traceback", "")))
         return PluginError(
             self.name,
-            printable(str(data.get("type", "Error")), 100),
+            printable(type_name, 100),
             message,
-            printable(str(data.get("traceback", "")), 8000, keep_lines=True),
+            printable(traceback, 8000, keep_lines=True),
         )
+
+    def _redact(self, text: str) -> str:
+        """Replace the secrets provided to this plugin in worker text."""
+        return redact_secrets(text, self._broker.secret_values(self.name))
 
     # -- death ---------------------------------------------------------------
 
@@ -437,12 +500,47 @@ class WorkerProcess:
         self._wait_exit(STOP_GRACE)
         status, usage = self._kill_and_reap()
         log = self._log_tail()
+        violation = None
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS:
+            violation = kmsg.violation_fields(self._kernel_log, self._last_pid)
         self._release()
         error = classify_death(self.name, status, usage, self.config, log)
+        if violation is not None:
+            error = self._report_violation(error, violation)
+        if isinstance(error, ResourceLimitExceeded):
+            self._audit.emit(
+                "limit_hit",
+                self.name,
+                limit=error.limit,
+                reported_by=_death_witness(status),
+                pid=self._last_pid,
+            )
         self._audit.emit(
             "worker_crashed", self.name, reason=str(error), pid=self._last_pid
         )
         return error
+
+    def _report_violation(
+        self, error: SandboxError, fields: dict[str, Any]
+    ) -> SandboxError:
+        """Emit policy_violation; name the system call in the error."""
+        self._audit.emit(
+            "policy_violation",
+            self.name,
+            pid=self._last_pid,
+            signal="SIGSYS",
+            **fields,
+        )
+        if fields.get("syscall") is None or not isinstance(
+            error, PolicyViolation
+        ):
+            return error
+        return PolicyViolation(
+            self.name,
+            signal=error.signal,
+            detail=f"{error.detail}: {fields['syscall_name']} (number "
+            f"{fields['syscall']})",
+        )
 
     def _trim_log(self) -> None:
         if self._plan is None:
@@ -457,12 +555,20 @@ class WorkerProcess:
             os.ftruncate(fd, 0)
 
     def _log_tail(self) -> str:
+        """Return the end of the worker's output, its secrets redacted."""
         if self._plan is None:
             return ""
+        secrets = self._broker.secret_values(self.name)
+        # The window is read wider by the longest secret, then cut after
+        # redaction, so that a secret the window start splits is not left
+        # half shown.
+        margin = max((len(value.encode()) for value in secrets), default=0)
         fd = self._plan.log_fd
         size = os.fstat(fd).st_size
-        data = os.pread(fd, LOG_TAIL_BYTES, max(0, size - LOG_TAIL_BYTES))
-        return data.decode(errors="replace")
+        start = max(0, size - LOG_TAIL_BYTES - margin)
+        data = os.pread(fd, LOG_TAIL_BYTES + margin, start)
+        text = redact_secrets(data.decode(errors="replace"), secrets)
+        return text[margin:] if start > 0 else text
 
 
 def classify_death(
@@ -491,6 +597,15 @@ def classify_death(
     if "MemoryError" in log:
         return ResourceLimitExceeded(name, "memory_mb", _last_line(log))
     return PluginCrashed(name, exit_code=code, detail=_last_line(log))
+
+
+def _death_witness(status: int) -> str:
+    """Name who showed the limit: a kernel signal, or the worker's output.
+
+    RLIMIT_AS sends no signal; the kernel fails the allocation, and only
+    the MemoryError that the worker printed before it exited shows it.
+    """
+    return "kernel" if os.WIFSIGNALED(status) else "worker_output"
 
 
 def _last_line(log: str) -> str:

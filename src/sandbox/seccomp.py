@@ -248,6 +248,9 @@ _CLONE_NAMESPACE_FLAGS: Final = {
 _TERMINAL_IOCTLS: Final = {"TIOCSTI": 0x5412, "TIOCLINUX": 0x541C}
 
 _AF_UNIX: Final = 1
+_AF_INET: Final = 2
+_AF_INET6: Final = 10
+_IPPROTO_TCP: Final = 6
 # linux/net.h: the low four bits of socketpair()'s type argument are the
 # socket type, and the rest are SOCK_CLOEXEC and SOCK_NONBLOCK.
 _SOCK_TYPE_MASK: Final = 0xF
@@ -284,10 +287,29 @@ class FilterSpec:
 
     With ``network`` false, socket() fails for every family, AF_UNIX
     included, and socketpair() works only for AF_UNIX stream and
-    seqpacket pairs.
+    seqpacket pairs. With ``network`` and ``tcp_only`` true, socket()
+    works only for TCP over IPv4 and IPv6, listen() fails, and
+    socketpair() is limited as without network. The program checks
+    socket families, types and protocols only: Landlock's TCP rules
+    decide which ports connect() may reach and deny bind().
+
+    With ``log_only`` true, every rule that would fail a call with EPERM
+    logs the call instead (SECCOMP_RET_LOG) and lets it run, so the
+    kernel writes one audit record per call the program would deny. The
+    ENOSYS rules and the kill on a foreign architecture stay. Observe
+    mode uses it, and it protects nothing.
     """
 
     network: bool = False
+    tcp_only: bool = False
+    log_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tcp_only and not self.network:
+            raise ValueError(
+                "tcp_only needs network: without network every socket() "
+                "is denied already"
+            )
 
 
 @dataclass(frozen=True)
@@ -322,6 +344,8 @@ def build_filter(spec: FilterSpec) -> SeccompProgram:
     _require_pyseccomp()
     arch = _native_arch()
     context = _new_filter()
+    if spec.log_only:
+        context = _LogInsteadOfDeny(context)
     denied = [
         *_deny_syscalls(context, _DENIED_SYSCALLS),
         *_deny_newer_syscalls(context),
@@ -333,6 +357,8 @@ def build_filter(spec: FilterSpec) -> SeccompProgram:
     ]
     if not spec.network:
         denied += _deny_sockets(context)
+    elif spec.tcp_only:
+        denied += _deny_sockets_but_tcp(context)
     enosys = [
         *_answer_enosys_to_clone3(context),
         *_answer_enosys_to_unreviewed(context, arch),
@@ -432,6 +458,28 @@ def _new_filter() -> pyseccomp.SyscallFilter:
     # under the tree and about 160 ns longer under the list.
     _set_attr(context, pyseccomp.Attr.CTL_OPTIMIZE, 2)
     return context
+
+
+class _LogInsteadOfDeny:
+    """A libseccomp filter whose EPERM rules log the call and allow it.
+
+    The ENOSYS rules are left alone: the one for clone3 keeps glibc on
+    clone(), whose flags the rules can read, and no policy can allow the
+    unreviewed numbers anyway.
+    """
+
+    def __init__(self, context: pyseccomp.SyscallFilter) -> None:
+        self._context = context
+
+    def add_rule(
+        self, action: int, number: int, *conditions: pyseccomp.Arg
+    ) -> None:
+        if action == pyseccomp.ERRNO(errno.EPERM):
+            action = pyseccomp.LOG
+        self._context.add_rule(action, number, *conditions)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._context, name)
 
 
 def _set_attr(context: pyseccomp.SyscallFilter, attr: int, value: int) -> None:
@@ -579,23 +627,85 @@ def _deny_sockets(context: pyseccomp.SyscallFilter) -> list[str]:
     """
     action = pyseccomp.ERRNO(errno.EPERM)
     _add_rule(context, action, _require_native_number("socket"))
+    return ["socket", *_limit_socketpair(context)]
+
+
+def _deny_sockets_but_tcp(context: pyseccomp.SyscallFilter) -> list[str]:
+    """Allow socket() only for TCP over IPv4 and IPv6, and deny listen().
+
+    The protocol must be 0 or IPPROTO_TCP because SCTP and MPTCP sockets
+    are SOCK_STREAM sockets of AF_INET too, and Landlock's TCP rules
+    skip them: on Linux 6.18 an MPTCP socket connects to a port that no
+    rule lists. listen() on an unbound socket binds it to an ephemeral
+    port without calling bind(), which is the only server-side call that
+    Landlock (up to ABI 7) checks.
+    """
+    action = pyseccomp.ERRNO(errno.EPERM)
+    socket = _require_native_number("socket")
+    families = (_AF_INET, _AF_INET6)
+    for condition in _conditions_outside(0, families):
+        _add_rule(context, action, socket, condition)
+    for condition in _conditions_on_type_other_than(1, (_SOCK_STREAM,)):
+        _add_rule(context, action, socket, condition)
+    for condition in _conditions_outside(2, (0, _IPPROTO_TCP)):
+        _add_rule(context, action, socket, condition)
+    _add_rule(context, action, _require_native_number("listen"))
+    return [
+        "socket (domain other than AF_INET and AF_INET6)",
+        "socket (type other than SOCK_STREAM)",
+        "socket (protocol other than 0 and IPPROTO_TCP)",
+        "listen",
+        *_limit_socketpair(context),
+    ]
+
+
+def _conditions_outside(
+    index: int, allowed: tuple[int, ...]
+) -> list[pyseccomp.Arg]:
+    """Return conditions, to be ORed, that match every other value.
+
+    libseccomp 2.5.4 rejects two comparisons of one argument in a rule,
+    so "not in ``allowed``" becomes one equality per smaller value and
+    one comparison above the largest. Each comparison is 64-bit, so a
+    value with upper bits set matches too, although the kernel would
+    read only the lower 32 bits.
+    """
+    largest = max(allowed)
+    conditions = [
+        pyseccomp.Arg(index, pyseccomp.EQ, value)
+        for value in range(largest)
+        if value not in allowed
+    ]
+    conditions.append(pyseccomp.Arg(index, pyseccomp.GT, largest))
+    return conditions
+
+
+def _conditions_on_type_other_than(
+    index: int, allowed: tuple[int, ...]
+) -> list[pyseccomp.Arg]:
+    # The mask leaves out the flag bits and, like the kernel, the upper
+    # half of the register.
+    return [
+        pyseccomp.Arg(index, pyseccomp.MASKED_EQ, _SOCK_TYPE_MASK, kind)
+        for kind in range(_SOCK_TYPE_MASK + 1)
+        if kind not in allowed
+    ]
+
+
+def _limit_socketpair(context: pyseccomp.SyscallFilter) -> list[str]:
+    """Deny socketpair() but of AF_UNIX stream or seqpacket."""
+    action = pyseccomp.ERRNO(errno.EPERM)
     socketpair = _require_native_number("socketpair")
     # A 64-bit comparison: a domain with upper bits set is also rejected,
     # although the kernel would read only the lower 32 bits.
     not_unix = pyseccomp.Arg(0, pyseccomp.NE, _AF_UNIX)
     _add_rule(context, action, socketpair, not_unix)
     # One rule per other type because the rules of one system call are
-    # ORed.  The mask leaves out the flag bits and, like the kernel, the
-    # upper half of the register.
-    for socket_type in range(_SOCK_TYPE_MASK + 1):
-        if socket_type in (_SOCK_STREAM, _SOCK_SEQPACKET):
-            continue
-        is_type = pyseccomp.Arg(
-            1, pyseccomp.MASKED_EQ, _SOCK_TYPE_MASK, socket_type
-        )
-        _add_rule(context, action, socketpair, is_type)
+    # ORed.
+    unix_types = (_SOCK_STREAM, _SOCK_SEQPACKET)
+    for condition in _conditions_on_type_other_than(1, unix_types):
+        _add_rule(context, action, socketpair, condition)
     return [
-        "socket",
         "socketpair (domain other than AF_UNIX)",
         "socketpair (type other than SOCK_STREAM and SOCK_SEQPACKET)",
     ]

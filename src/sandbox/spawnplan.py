@@ -8,6 +8,7 @@ returned WorkerPlan until the worker stops.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -51,6 +52,11 @@ class WorkerConfig:
     transport: str = "stream"
     # Refuse to start when the kernel cannot enforce part of the policy.
     strict: bool = True
+    # Observe mode (sandbox.observe): no Landlock, a seccomp program that
+    # logs instead of denying, and a worker that records what the plugin
+    # touches. It protects nothing beyond the uid,
+    # no_new_privs and rlimits.
+    observe: bool = False
 
 
 @dataclass
@@ -86,8 +92,11 @@ def plan_worker(config: WorkerConfig) -> WorkerPlan:
     opened: list[int] = []
     segment = None
     try:
-        ruleset_fd, report = build_ruleset(config, scratch)
-        opened.append(ruleset_fd)
+        ruleset_fd = -1
+        report: landlock.RulesetReport | None = None
+        if not config.observe:
+            ruleset_fd, report = build_ruleset(config, scratch)
+            opened.append(ruleset_fd)
         if config.transport == "shm":
             # The segment owns its descriptor, unlike those in ``opened``.
             segment = ShmChannelSegment.create()
@@ -129,10 +138,10 @@ def plan_worker(config: WorkerConfig) -> WorkerPlan:
         rlimits=worker_rlimits(config.resources),
         identity=config.identity,
         landlock_fd=ruleset_fd,
-        seccomp_bpf=seccomp.build_filter(
-            seccomp.FilterSpec(network=config.policy.network)
-        ).bpf,
+        seccomp_bpf=seccomp.build_filter(filter_spec(config.policy)).bpf,
     )
+    if config.observe:
+        request = observe_request(request)
     return WorkerPlan(
         request=request,
         host_socket=host_socket,
@@ -286,6 +295,19 @@ def remove_tree(path: str) -> None:
         logger.warning("could not remove scratch folder %s: %s", path, error)
 
 
+def filter_spec(policy: Policy) -> seccomp.FilterSpec:
+    """Return the seccomp options for the policy's ``network`` setting.
+
+    A port allowlist keeps socket() to TCP over IPv4 and IPv6 here. The
+    ports themselves are Landlock rules (see build_ruleset), and no
+    network namespace is involved.
+    """
+    network = policy.network
+    return seccomp.FilterSpec(
+        network=network is not False, tcp_only=isinstance(network, tuple)
+    )
+
+
 def build_ruleset(
     config: WorkerConfig, scratch: str
 ) -> tuple[int, landlock.RulesetReport]:
@@ -298,10 +320,13 @@ def build_ruleset(
     ]
     write = list(fs.write)
     (read if fs.readonly else write).append(scratch)
+    network = config.policy.network
     spec = landlock.RulesetSpec(
         read=tuple(dict.fromkeys(read)),
         write=tuple(write),
-        restrict_tcp=not config.policy.network,
+        # false and a port allowlist both handle TCP bind and connect.
+        restrict_tcp=network is not True,
+        connect_tcp_ports=network if isinstance(network, tuple) else (),
     )
     try:
         return landlock.build_ruleset(spec)
@@ -323,8 +348,22 @@ def bootstrap_bytes(
         "max_message_bytes": config.policy.max_message_bytes,
         "sys_path": list(config.runtime.sys_path),
         "channel": channel,
+        "observe": config.observe,
     }
     return json.dumps(payload).encode()
+
+
+def observe_request(request: SpawnRequest) -> SpawnRequest:
+    """Swap in observe mode's seccomp program.
+
+    The program logs each call that the default-deny program would
+    reject. The environment stays the policy's allowlist: the worker
+    records the names the plugin reads whether or not they are set, so
+    no host variable needs to reach code under evaluation. The caller has
+    built no Landlock ruleset.
+    """
+    program = seccomp.build_filter(seccomp.FilterSpec(log_only=True))
+    return dataclasses.replace(request, seccomp_bpf=program.bpf)
 
 
 def _socketpair() -> tuple[int, int]:

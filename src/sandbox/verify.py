@@ -33,6 +33,7 @@ from typing import Any, Literal
 from . import landlock, seccomp
 from .errors import SandboxError
 from .host import PluginHost
+from .platform import missing_protections
 from .policy import DEFAULT_RESOURCES, Policy, PolicySet, Resources
 from .runtime import resolve_interpreter
 
@@ -262,7 +263,7 @@ def probe_machine(python: str | None = None) -> MachineReport:
         _python_prctl(seen),
     )
     return MachineReport(
-        protections=protections,
+        protections=_with_platform_gaps(protections),
         as_root=as_root,
         interpreter=resolve_interpreter(python),
         landlock_abi=abi,
@@ -271,14 +272,31 @@ def probe_machine(python: str | None = None) -> MachineReport:
     )
 
 
+def _with_platform_gaps(
+    protections: tuple[Protection, ...],
+) -> tuple[Protection, ...]:
+    """Mark missing what this platform or build cannot give workers.
+
+    A portable build on Linux runs on a kernel that offers seccomp and
+    Landlock to this process, but its launcher cannot apply them.
+    """
+    gaps = missing_protections()
+    return tuple(
+        Protection(item.name, "missing", gaps[item.name], False)
+        if item.name in gaps
+        else item
+        for item in protections
+    )
+
+
 def needed_protections(policy: Policy, *, as_root: bool) -> list[str]:
     """Return the protections a worker under ``policy`` relies on.
 
     Every worker gets seccomp, no_new_privs, the Landlock ruleset with
     all filesystem rights and both scopes (ABI 6), a new session,
-    dumpable off and rlimits. A policy without network adds Landlock's
-    TCP rules (ABI 4), and a root host adds the uid drop and the empty
-    capability bounding set.
+    dumpable off and rlimits. A policy without network or with a TCP
+    port allowlist adds Landlock's TCP rules (ABI 4), and a root host
+    adds the uid drop and the empty capability bounding set.
     """
     needs = {
         SECCOMP,
@@ -291,7 +309,8 @@ def needed_protections(policy: Policy, *, as_root: bool) -> list[str]:
         SETSID,
         RLIMITS,
     }
-    if not policy.network:
+    # Only network = true leaves TCP to the kernel's defaults.
+    if policy.network is not True:
         needs.add(LANDLOCK_TCP)
     if as_root:
         needs |= {UID_DROP, CAPABILITIES}
