@@ -332,3 +332,29 @@ def test_cli_prints_policy(
     assert status == 0
     policy = _plugin_policy(capsys.readouterr().out)
     assert policy.filesystem.write == (str(folders.target),)
+
+
+READ_ENV_SOURCE = """
+from sandbox.errors import CapabilityDenied
+from sandbox.plugin import read_env
+
+
+def run(name):
+    try:
+        return {"value": read_env(name)}
+    except CapabilityDenied:
+        return {"value": None, "denied": True}
+"""
+
+
+def test_read_env_answers_only_the_policy_list(
+    write_plugin: PluginWriter, plugin_root: Path, token: str
+) -> None:
+    write_plugin("probe", READ_ENV_SOURCE, ["run"], ("read_env",))
+    observation = observe_plugin(
+        [plugin_root], "probe", [("run", {"name": TOKEN_NAME})]
+    )
+    # The broker denies the host's value, yet the name is suggested.
+    assert observation.calls[0].result == {"value": None, "denied": True}
+    assert observation.env == (TOKEN_NAME,)
+    assert observation.capabilities == ("read_env",)

@@ -136,15 +136,22 @@ _MAX_PORT = 65535
 class LandlockError(SandboxError):
     """A Landlock system call failed or a rule's path could not be opened.
 
-    ``errno`` is the OS error number. ``path`` is the rule's path, or None
-    when the failure concerns no path.
+    ``errno`` is the OS error number. ``path`` is the rule's path and
+    ``port`` the TCP port rule's port, or None when the failure concerns
+    no such rule.
     """
 
     def __init__(
-        self, message: str, *, errno: int, path: str | None = None
+        self,
+        message: str,
+        *,
+        errno: int,
+        path: str | None = None,
+        port: int | None = None,
     ) -> None:
         self.errno = errno
         self.path = path
+        self.port = port
         super().__init__(f"{message}: [Errno {errno}] {os.strerror(errno)}")
 
 
@@ -445,6 +452,7 @@ def _add_connect_port_rule(ruleset_fd: int, port: int) -> None:
         raise LandlockError(
             f"landlock_add_rule failed for TCP port {port}",
             errno=error.errno or 0,
+            port=port,
         ) from error
 
 

@@ -6,8 +6,8 @@ generous rlimits, but without Landlock, and its seccomp program logs
 each call that the default-deny program would reject instead of failing
 it. So observe mode gives the plugin NO protection beyond the uid
 switch, no_new_privs, the rlimits and the seccomp kill on a foreign
-architecture. Use it only on code you are evaluating and would run unsandboxed, never
-on hostile code.
+architecture. Use it only on code you are evaluating and would run
+unsandboxed, never on hostile code.
 
 What is observed, and by which mechanism:
 
@@ -261,7 +261,7 @@ def observe_plugin(
     audit = AuditLog()
     capability_events: list[AuditEvent] = []
     audit.subscribe(capability_events.append)
-    broker = _observe_broker(audit, manifest, handlers)
+    broker = _observe_broker(audit, manifest, base, handlers)
     seconds = timeout or OBSERVE_RESOURCES.timeout or 300.0
     run = _Run(config, broker, audit, seconds)
     run.execute(calls)
@@ -317,16 +317,19 @@ def _observe_config(
 def _observe_broker(
     audit: AuditLog,
     manifest: PluginManifest,
+    base: Policy,
     handlers: Mapping[str, CapabilityHandler] | None,
 ) -> CapabilityBroker:
-    """Return a broker that grants every capability the manifest lists."""
-    env_names = tuple(
-        sorted(n for n in os.environ if _ENV_NAME.pattern.fullmatch(n))
-    )
+    """Return a broker that grants every capability the manifest lists.
+
+    read_env still answers only the names ``base`` lists, so no other
+    host variable reaches code under evaluation; the names asked for are
+    recorded all the same, from the denials.
+    """
     policy = Policy(
         name=manifest.name,
         capabilities=frozenset(manifest.capabilities),
-        env=env_names,
+        env=base.env,
     )
     broker = CapabilityBroker(
         audit, manifest_of=lambda _: manifest, policy_of=lambda _: policy

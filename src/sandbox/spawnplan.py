@@ -335,7 +335,7 @@ def build_ruleset(
             str(error),
             source=config.policy.source,
             plugin=config.manifest.name,
-            key="filesystem",
+            key="network" if error.port is not None else "filesystem",
         ) from error
 
 
