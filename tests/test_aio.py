@@ -4,12 +4,15 @@ Each test runs its coroutine with asyncio.run, so no pytest plugin is
 needed. Many calls in flight must return the right results, and a slow call
 must leave the loop running. Errors keep the types of the synchronous API.
 A cancelled call ends without harming the next one, and close() leaves no
-worker process behind.
+worker process behind. Secrets, capability schemas, enforcement reports and
+plugin uids behave as they do through PluginHost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,9 +22,10 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import HostFactory, PluginWriter
+from conftest import IS_ROOT, HostFactory, PluginWriter
 from sandbox import (
     AsyncPluginHost,
+    LaunchError,
     PluginCrashed,
     PluginError,
     PluginHost,
@@ -30,7 +34,10 @@ from sandbox import (
     Policy,
     ProtocolError,
     SandboxError,
+    landlock,
 )
+from sandbox.broker import Argument
+from sandbox.uids import DEFAULT_PLUGIN_UIDS, assign_plugin_uids
 
 PLUGINS = ("alpha", "beta", "gamma")
 SOURCE = """
@@ -455,3 +462,255 @@ def test_worker_status_reports_worker(
 
     assert status["pid"] == pid
     assert status["no_new_privs"] == 1
+
+
+# -- parity with PluginHost --------------------------------------------------
+
+# PluginHost methods that may start or stop a worker, and so are coroutines
+# here, and those that only update the host's tables. interrupt() has no
+# counterpart: cancelling the awaiting task ends an async call.
+COROUTINE_METHODS = (
+    "execute_plugin",
+    "worker_status",
+    "enforcement_report",
+    "close",
+)
+PLAIN_METHODS = ("register_capability", "provide_secret", "subscribe")
+
+
+def public_methods(cls: type) -> set[str]:
+    return {
+        name
+        for name, member in vars(cls).items()
+        if callable(member) and not name.startswith("_")
+    }
+
+
+def test_every_host_method_has_counterpart() -> None:
+    expected = {*COROUTINE_METHODS, *PLAIN_METHODS, "interrupt"}
+    assert public_methods(PluginHost) == expected
+
+
+def test_constructor_matches_plugin_host() -> None:
+    sync_parameters = inspect.signature(PluginHost.__init__).parameters
+    async_parameters = inspect.signature(AsyncPluginHost.__init__).parameters
+    assert list(async_parameters) == list(sync_parameters)
+    for name, parameter in sync_parameters.items():
+        assert async_parameters[name] == parameter, name
+
+
+@pytest.mark.parametrize("method", COROUTINE_METHODS + PLAIN_METHODS)
+def test_method_matches_plugin_host(method: str) -> None:
+    sync_method = getattr(PluginHost, method)
+    async_method = getattr(AsyncPluginHost, method)
+    sync_parameters = inspect.signature(sync_method).parameters
+    async_parameters = inspect.signature(async_method).parameters
+    assert async_parameters == sync_parameters
+    is_coroutine = inspect.iscoroutinefunction(async_method)
+    assert is_coroutine is (method in COROUTINE_METHODS)
+
+
+# -- brokered capabilities ---------------------------------------------------
+
+BROKER_SOURCE = """
+    from sandbox.plugin import CapabilityDenied, call_capability, get_secret
+
+
+    def attempt(capability, params):
+        try:
+            return {"ok": call_capability(capability, **params)}
+        except CapabilityDenied as error:
+            return {"denied": str(error)}
+
+
+    def raise_secret(name):
+        raise ValueError("the token is " + get_secret(name))
+"""
+BROKER_METHODS = ["attempt", "raise_secret"]
+SECRET_NAME = "API_TOKEN"
+
+
+async def attempt(
+    host: AsyncPluginHost, plugin: str, capability: str, **params: Any
+) -> Any:
+    return await host.execute_plugin(
+        plugin, "attempt", {"capability": capability, "params": params}
+    )
+
+
+def test_provided_secret_reaches_plugin(
+    write_plugin: PluginWriter, make_async_host: AsyncHostFactory
+) -> None:
+    write_plugin("keeper", BROKER_SOURCE, BROKER_METHODS, ("get_secret",))
+    policies = {
+        "plugins": {
+            "keeper": {
+                "capabilities": ["get_secret"],
+                "secrets": [SECRET_NAME],
+            }
+        }
+    }
+    token = secrets.token_hex(16)
+
+    async def fetch() -> dict[str, Any]:
+        async with make_async_host(policies) as host:
+            # The worker runs before the secret exists, so the value must
+            # reach the broker that serves the running worker.
+            before = await attempt(
+                host, "keeper", "get_secret", name=SECRET_NAME
+            )
+            host.provide_secret("keeper", SECRET_NAME, token)
+            fetched = await attempt(
+                host, "keeper", "get_secret", name=SECRET_NAME
+            )
+            try:
+                await host.execute_plugin(
+                    "keeper", "raise_secret", {"name": SECRET_NAME}
+                )
+            except SandboxError as error:
+                raised: object = error
+            else:
+                raised = None
+            return {"before": before, "fetched": fetched, "raised": raised}
+
+    outcome = asyncio.run(fetch())
+
+    assert "has not provided secret" in outcome["before"]["denied"]
+    assert outcome["fetched"] == {"ok": token}
+    assert isinstance(outcome["raised"], PluginError)
+    assert outcome["raised"].message == "the token is [redacted]"
+    assert token not in outcome["raised"].traceback
+
+
+def test_schema_rejects_bad_argument(
+    write_plugin: PluginWriter, make_async_host: AsyncHostFactory
+) -> None:
+    write_plugin("caller", BROKER_SOURCE, BROKER_METHODS, ("shout",))
+    policies = {"plugins": {"caller": {"capabilities": ["shout"]}}}
+    handled: list[dict[str, Any]] = []
+
+    def shout(plugin: str, params: dict[str, Any]) -> str:
+        handled.append(params)
+        return str(params["text"]).upper()
+
+    async def call_twice() -> tuple[Any, Any]:
+        async with make_async_host(policies) as host:
+            host.register_capability(
+                "shout", shout, schema={"text": Argument(str, max_length=8)}
+            )
+            rejected = await attempt(host, "caller", "shout", text=5)
+            accepted = await attempt(host, "caller", "shout", text="hi")
+            return rejected, accepted
+
+    rejected, accepted = asyncio.run(call_twice())
+
+    assert "denied" in rejected, f"the handler ran: {rejected}"
+    assert "must be str, got int" in rejected["denied"]
+    assert accepted == {"ok": "HI"}
+    assert handled == [{"text": "hi"}]
+
+
+# -- enforcement report and uids ---------------------------------------------
+
+# The worker imports the plugin's module before it replies to the host, so
+# this delay lengthens every worker start of the plugin below.
+IMPORT_SECONDS = 0.5
+SLOW_IMPORT_SOURCE = f"""
+    import os
+    import time
+
+    time.sleep({IMPORT_SECONDS})
+
+
+    def pid():
+        return os.getpid()
+"""
+
+
+def test_enforcement_report_leaves_loop_running(
+    write_plugin: PluginWriter, make_async_host: AsyncHostFactory
+) -> None:
+    write_plugin("sluggish", SLOW_IMPORT_SOURCE, ["pid"])
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    async def report_while_ticking() -> tuple[dict[str, Any], int, Any]:
+        async with make_async_host() as host:
+            ticker = asyncio.create_task(tick())
+            before = ticks
+            report = await host.enforcement_report("sluggish")
+            during = ticks - before
+            ticker.cancel()
+            return report, during, await host.execute_plugin("sluggish", "pid")
+
+    report, ticks_during_report, pid = asyncio.run(report_while_ticking())
+
+    assert report["plugin"] == "sluggish"
+    assert report["variant"] == "running"
+    assert report["pid"] == pid
+    assert ticks_during_report >= 5
+
+
+@pytest.fixture
+def landlock_abi_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the host plan ABI 3 rulesets, which lack IOCTL_DEV and TCP."""
+    if landlock.abi_version() < 5:
+        pytest.skip("the kernel lacks the rights an ABI 3 plan leaves out")
+    monkeypatch.setattr(landlock, "_query_abi", lambda: (3, 0))
+
+
+@pytest.mark.usefixtures("landlock_abi_3")
+def test_strict_false_reports_gap(
+    make_async_host: AsyncHostFactory,
+) -> None:
+    async def reports() -> tuple[object, dict[str, Any]]:
+        async with (
+            make_async_host() as strict,
+            make_async_host(strict=False) as permissive,
+        ):
+            try:
+                rejected: object = await strict.enforcement_report("alpha")
+            except SandboxError as error:
+                rejected = error
+            return rejected, await permissive.enforcement_report("alpha")
+
+    rejected, report = asyncio.run(reports())
+
+    assert isinstance(rejected, LaunchError)
+    assert rejected.stage == "landlock"
+    assert report["complete"] is False
+    assert report["layers"]["landlock"]["status"] == "not_enforced"
+    assert report["layers"]["landlock"]["enforced"]["abi"] == 3
+
+
+def kernel_ids(status: dict[str, Any], key: str) -> list[int]:
+    """Return the real, effective, saved and filesystem ids of ``key``."""
+    return [int(value) for value in status["kernel"][key].split()]
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only a root host assigns uids")
+def test_plugin_uids_none_runs_nobody(
+    make_async_host: AsyncHostFactory,
+) -> None:
+    async def statuses() -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+        async with (
+            make_async_host(plugin_uids=None) as shared,
+            make_async_host() as own,
+        ):
+            return (
+                await shared.worker_status("alpha"),
+                await own.worker_status("alpha"),
+                list(own.plugins),
+            )
+
+    shared, own, names = asyncio.run(statuses())
+
+    assert kernel_ids(shared, "Uid") == [65534] * 4
+    assert kernel_ids(shared, "Gid") == [65534] * 4
+    own_uid = assign_plugin_uids(names, DEFAULT_PLUGIN_UIDS)["alpha"]
+    assert kernel_ids(own, "Uid") == [own_uid] * 4

@@ -31,10 +31,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .audit import AuditEvent
+from .broker import Schema
 from .errors import SandboxError
 from .host import CapabilityHandler, Notification, PluginHost
 from .manifest import PluginManifest
 from .policy import PolicySet, Resources
+from .uids import DEFAULT_PLUGIN_UIDS
 
 T = TypeVar("T")
 
@@ -49,6 +51,12 @@ class AsyncPluginHost:
     Use one instance from one event loop. The constructor takes the same
     arguments as PluginHost and reads the plugin manifests at once. Capability
     handlers and audit subscribers run on the call threads, not on the loop.
+
+    Methods that may start or stop a worker are coroutines that run the
+    PluginHost method on a thread: execute_plugin, worker_status,
+    enforcement_report and close. Methods that only update the host's
+    tables are plain methods that return at once: register_capability,
+    provide_secret and subscribe.
     """
 
     def __init__(
@@ -62,6 +70,8 @@ class AsyncPluginHost:
         python: str | None = None,
         scratch_root: str | None = None,
         transport: str = "auto",
+        strict: bool = True,
+        plugin_uids: range | None = DEFAULT_PLUGIN_UIDS,
     ) -> None:
         self._host = PluginHost(
             plugin_dirs,
@@ -72,6 +82,8 @@ class AsyncPluginHost:
             python=python,
             scratch_root=scratch_root,
             transport=transport,
+            strict=strict,
+            plugin_uids=plugin_uids,
         )
         # At most max_workers workers are alive and each runs one call at a
         # time, so more call threads than that would only wait in the host.
@@ -115,6 +127,15 @@ class AsyncPluginHost:
         status = functools.partial(self._host.worker_status, plugin)
         return await self._run_in_turn(plugin, status)
 
+    async def enforcement_report(self, plugin: str) -> dict[str, Any]:
+        """Return what the policy of ``plugin`` requests and what is enforced.
+
+        Starts the worker if none runs, like PluginHost.enforcement_report,
+        and waits for its turn behind earlier calls to ``plugin``.
+        """
+        report = functools.partial(self._host.enforcement_report, plugin)
+        return await self._run_in_turn(plugin, report)
+
     @property
     def plugins(self) -> Mapping[str, PluginManifest]:
         """The manifests found in ``plugin_dirs``, by plugin name."""
@@ -126,13 +147,28 @@ class AsyncPluginHost:
         return self._host.notifications
 
     def register_capability(
-        self, name: str, handler: CapabilityHandler
+        self,
+        name: str,
+        handler: CapabilityHandler,
+        *,
+        schema: Schema | None = None,
     ) -> None:
         """Serve capability ``name`` with ``handler(plugin, params)``.
 
-        The handler runs on a call thread while the plugin waits for it.
+        Takes the arguments of PluginHost.register_capability. The handler
+        runs on a call thread while the plugin waits for it, and only for
+        arguments that match ``schema``, if one is given.
         """
-        self._host.register_capability(name, handler)
+        self._host.register_capability(name, handler, schema=schema)
+
+    def provide_secret(self, plugin: str, name: str, value: str) -> None:
+        """Give ``plugin`` the secret ``name``, fetched with get_secret().
+
+        Takes effect for the next get_secret() of the plugin, also in a
+        call in progress. See PluginHost.provide_secret for the policy
+        that the plugin needs and where the value is redacted.
+        """
+        self._host.provide_secret(plugin, name, value)
 
     def subscribe(
         self, callback: Callable[[AuditEvent], None]
