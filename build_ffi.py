@@ -1,7 +1,11 @@
 """cffi builder for the C code in csrc/, compiled as sandbox._native.
 
 Environment switches, read once here:
-  SANDBOX_CFLAGS  extra compiler flags, split on white space (e.g. "-O0 -g").
+  SANDBOX_CFLAGS          extra compiler flags, split on white space
+                          (e.g. "-O0 -g").
+  SANDBOX_PORTABLE_BUILD  "1" compiles without the Linux-only parts
+                          (csrc/platform.h), as on macOS, to test that
+                          build on a Linux machine.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from cffi import FFI
 CSRC = Path(__file__).resolve().parent / "csrc"
 HEADERS = ("launcher.h", "jsonscan.h", "ring.h")
 SOURCES = ("launcher.c", "jsonscan.c", "ring.c")
+# An undeclared function is a Linux or glibc extension that a guard in
+# csrc/platform.h left out, which C99 forbids but older compilers accept.
+WARNINGS = ("-Wall", "-Wextra", "-Werror=implicit-function-declaration")
 
 
 def cdef_from_header(text: str) -> str:
@@ -28,17 +35,23 @@ def cdef_from_header(text: str) -> str:
     return "\n".join(lines)
 
 
+def portable_build() -> bool:
+    return os.environ.get("SANDBOX_PORTABLE_BUILD", "") == "1"
+
+
 def make_builder() -> FFI:
     builder = FFI()
     for header in HEADERS:
         builder.cdef(cdef_from_header((CSRC / header).read_text()))
     extra = os.environ.get("SANDBOX_CFLAGS", "").split()
+    macros = [("SANDBOX_PORTABLE", "1")] if portable_build() else []
     builder.set_source(
         "sandbox._native",
         "".join(f'#include "{header}"\n' for header in HEADERS),
         sources=[f"csrc/{source}" for source in SOURCES],
         include_dirs=["csrc"],
-        extra_compile_args=["-std=gnu11", "-Wall", "-Wextra", *extra],
+        define_macros=macros,
+        extra_compile_args=["-std=gnu11", *WARNINGS, *extra],
     )
     return builder
 

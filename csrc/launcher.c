@@ -8,22 +8,24 @@
  * arrays, in the fixed order of child_main(), and on the first failure
  * writes (stage, errno) to the close-on-exec error pipe and exits with 127.
  */
-#define _GNU_SOURCE
+#include "platform.h"
+
 #include "launcher.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <sys/resource.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
-#ifdef __linux__
+#ifdef SANDBOX_LINUX
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #endif
 
 #define SANDBOX_MAX_KEPT_FDS 32
@@ -54,7 +56,7 @@ report_failure(int error_fd, int stage, int error)
 static int
 default_signal(int sig)
 {
-#if defined(__linux__) && (defined(__x86_64__) || defined(__aarch64__))
+#if defined(SANDBOX_LINUX) && (defined(__x86_64__) || defined(__aarch64__))
 	struct {
 		void *handler;
 		unsigned long flags;
@@ -106,7 +108,7 @@ new_session(void)
 static int
 set_parent_death_signal(int parent_pid)
 {
-#ifdef __linux__
+#ifdef SANDBOX_LINUX
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
 		return errno;
 	/* The parent may have died before the signal was armed. */
@@ -114,6 +116,11 @@ set_parent_death_signal(int parent_pid)
 		return ESRCH;
 	return 0;
 #else
+	/*
+	 * No parent-death signal exists here, and sandbox.platform reports
+	 * it missing.  A worker learns of its host's death from the end of
+	 * its channel instead.
+	 */
 	(void)parent_pid;
 	return 0;
 #endif
@@ -138,7 +145,7 @@ close_span(unsigned int first, unsigned int last)
 
 	if (first > last)
 		return 0;
-#if defined(__linux__) && defined(SYS_close_range)
+#if defined(SANDBOX_LINUX) && defined(SYS_close_range)
 	if (syscall(SYS_close_range, first, last, 0) == 0)
 		return 0;
 	if (errno != ENOSYS)
@@ -241,7 +248,7 @@ apply_rlimits(const struct sandbox_spawn_args *args)
 static int
 drop_bounding_set(const struct sandbox_spawn_args *args)
 {
-#ifdef __linux__
+#ifdef SANDBOX_LINUX
 	int cap;
 
 	/* Needs CAP_SETPCAP, so only a root host that drops the uid can. */
@@ -258,16 +265,23 @@ drop_bounding_set(const struct sandbox_spawn_args *args)
 }
 
 /*
- * The id changes use raw system calls: glibc's wrappers broadcast to every
- * thread through signals, machinery a forked child must not rely on.
+ * On Linux the id changes use raw system calls: glibc's wrappers broadcast
+ * to every thread through signals, machinery a forked child must not rely
+ * on.  Elsewhere the ids belong to the process, and POSIX setgid() and
+ * setuid() called with privileges set the real, effective and saved ids.
  */
 static int
 drop_groups(const struct sandbox_spawn_args *args)
 {
 	if (!args->change_ids)
 		return 0;
+#ifdef SANDBOX_LINUX
 	if (syscall(SYS_setgroups, args->group_count, args->groups) < 0)
 		return errno;
+#else
+	if (setgroups(args->group_count, (const gid_t *)args->groups) < 0)
+		return errno;
+#endif
 	return 0;
 }
 
@@ -278,7 +292,11 @@ drop_gid(const struct sandbox_spawn_args *args)
 
 	if (!args->change_ids)
 		return 0;
+#ifdef SANDBOX_LINUX
 	return syscall(SYS_setresgid, gid, gid, gid) < 0 ? errno : 0;
+#else
+	return setgid((gid_t)gid) < 0 ? errno : 0;
+#endif
 }
 
 static int
@@ -288,27 +306,65 @@ drop_uid(const struct sandbox_spawn_args *args)
 
 	if (!args->change_ids)
 		return 0;
+#ifdef SANDBOX_LINUX
 	return syscall(SYS_setresuid, uid, uid, uid) < 0 ? errno : 0;
+#else
+	return setuid((uid_t)uid) < 0 ? errno : 0;
+#endif
+}
+
+/* Reads the real, effective and saved uids and gids, in that order. */
+static int
+read_ids(uid_t uids[3], gid_t gids[3])
+{
+#ifdef SANDBOX_LINUX
+	if (getresuid(&uids[0], &uids[1], &uids[2]) < 0 ||
+	    getresgid(&gids[0], &gids[1], &gids[2]) < 0)
+		return errno;
+#else
+	/*
+	 * No portable call reads the saved ids.  The effective ones stand in
+	 * for them, and check_drop() tries to regain uid 0 through them.
+	 */
+	uids[0] = getuid();
+	uids[1] = uids[2] = geteuid();
+	gids[0] = getgid();
+	gids[1] = gids[2] = getegid();
+#endif
+	return 0;
+}
+
+/* Returns 1 when this process can make uid 0 its effective uid again. */
+static int
+can_regain_root(void)
+{
+#ifdef SANDBOX_LINUX
+	return syscall(SYS_setresuid, 0, 0, 0) == 0;
+#else
+	/* seteuid() accepts the saved uid, which getuid() cannot show. */
+	return setuid(0) == 0 || seteuid(0) == 0;
+#endif
 }
 
 static int
 check_drop(const struct sandbox_spawn_args *args)
 {
-	uid_t ruid, euid, suid;
-	gid_t rgid, egid, sgid;
+	uid_t uids[3];
+	gid_t gids[3];
+	int error, i;
 
 	if (!args->change_ids)
 		return 0;
-	if (getresuid(&ruid, &euid, &suid) < 0 ||
-	    getresgid(&rgid, &egid, &sgid) < 0)
-		return errno;
-	if (ruid != args->uid || euid != args->uid || suid != args->uid ||
-	    rgid != args->gid || egid != args->gid || sgid != args->gid)
-		return EPERM;
+	error = read_ids(uids, gids);
+	if (error != 0)
+		return error;
+	for (i = 0; i < 3; i++)
+		if (uids[i] != args->uid || gids[i] != args->gid)
+			return EPERM;
 	if (getgroups(0, NULL) != args->group_count)
 		return EPERM;
 	/* A dropped uid that can become 0 again was never dropped. */
-	if (args->uid != 0 && syscall(SYS_setresuid, 0, 0, 0) == 0)
+	if (args->uid != 0 && can_regain_root())
 		return EPERM;
 	return 0;
 }
@@ -325,10 +381,14 @@ rearm_parent_death_signal(const struct sandbox_spawn_args *args)
 static int
 set_no_new_privs(void)
 {
-#ifdef __linux__
+#ifdef SANDBOX_LINUX
 	/* Landlock and seccomp, unprivileged, both require it first. */
 	return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ? errno : 0;
 #else
+	/*
+	 * No such flag exists, and sandbox.platform reports it missing, so
+	 * the host decides whether to start workers without it.
+	 */
 	return 0;
 #endif
 }
@@ -338,7 +398,7 @@ restrict_filesystem(const struct child_fds *fds)
 {
 	if (fds->landlock_fd < 0)
 		return 0;
-#if defined(__linux__) && defined(SYS_landlock_restrict_self)
+#if defined(SANDBOX_LINUX) && defined(SYS_landlock_restrict_self)
 	if (syscall(SYS_landlock_restrict_self, fds->landlock_fd, 0) < 0)
 		return errno;
 	close(fds->landlock_fd);
@@ -353,7 +413,7 @@ install_seccomp(const struct sandbox_spawn_args *args)
 {
 	if (args->seccomp_len == 0)
 		return 0;
-#if defined(__linux__) && defined(SYS_seccomp)
+#if defined(SANDBOX_LINUX) && defined(SYS_seccomp)
 	struct sock_fprog program;
 
 	program.len = args->seccomp_len;
@@ -406,6 +466,16 @@ child_main(const struct sandbox_spawn_args *args)
 	RUN_STAGE(SANDBOX_STAGE_SECCOMP, install_seccomp(args));
 	execve(args->path, args->argv, args->envp);
 	report_failure(fds.error_fd, SANDBOX_STAGE_EXECVE, errno);
+}
+
+int
+sandbox_built_for_linux(void)
+{
+#ifdef SANDBOX_LINUX
+	return 1;
+#else
+	return 0;
+#endif
 }
 
 int

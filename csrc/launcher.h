@@ -68,6 +68,14 @@ struct sandbox_spawn_args {
 	int parent_pid;
 };
 
+/*
+ * Returns 1 when this build applies the Linux stages (parent-death signal,
+ * capability bounding set, no_new_privs, Landlock, seccomp) and the rings
+ * wait on futexes.  Returns 0 for a portable build, as on macOS.  That
+ * build skips the first three stages and fails the other two with ENOSYS.
+ */
+int sandbox_built_for_linux(void);
+
 /* Returns the child's pid, or -errno when fork itself failed. */
 int sandbox_spawn(const struct sandbox_spawn_args *args);
 

@@ -15,7 +15,8 @@
  * least one side's load observes the other side's store after the fences,
  * so no wake-up is lost.  No system call is made while the peer spins.
  */
-#define _GNU_SOURCE
+#include "platform.h"
+
 #include "ring.h"
 
 #include <errno.h>
@@ -26,7 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifdef __linux__
+#ifdef SANDBOX_LINUX
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #endif
@@ -102,7 +103,7 @@ min_u64(uint64_t a, uint64_t b)
 static int
 futex_sleep(uint32_t *word, uint32_t seen, int64_t deadline_ns)
 {
-#ifdef __linux__
+#ifdef SANDBOX_LINUX
 	struct timespec until, *timeout = NULL;
 
 	if (deadline_ns >= 0) {
@@ -120,6 +121,10 @@ futex_sleep(uint32_t *word, uint32_t seen, int64_t deadline_ns)
 		return SANDBOX_RING_INTERRUPTED;
 	return SANDBOX_RING_SYSTEM_ERROR;
 #else
+	/*
+	 * No futex here, so the rings cannot sleep, and the host uses the
+	 * stream transport (sandbox.shm.shm_available() is False).
+	 */
 	(void)word;
 	(void)seen;
 	(void)deadline_ns;
@@ -133,7 +138,7 @@ static void
 wake(struct sandbox_ring_endpoint *endpoint, uint32_t *word)
 {
 	__atomic_fetch_add(word, 1, __ATOMIC_SEQ_CST);
-#ifdef __linux__
+#ifdef SANDBOX_LINUX
 	/* All, not one: a peer may park its own threads on the same word. */
 	syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 #endif
@@ -249,7 +254,12 @@ check_once(struct sandbox_ring_endpoint *endpoint, enum direction direction,
 static uint32_t
 note_cpu(struct sandbox_ring_endpoint *endpoint)
 {
+#ifdef SANDBOX_LINUX
 	int cpu = sched_getcpu();
+#else
+	/* Unknown, as when sched_getcpu() fails on Linux. */
+	int cpu = -1;
+#endif
 	uint32_t current = cpu < 0 ? UINT32_MAX : (uint32_t)cpu;
 
 	if (current != endpoint->cpu_stored) {

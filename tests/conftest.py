@@ -21,10 +21,54 @@ import pytest
 
 import sandbox
 from sandbox import PluginHost, Policy
+from sandbox.platform import unsupported_reason
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 IS_ROOT = os.geteuid() == 0
+
+# What needs the Linux build of sandbox._native on a Linux kernel, and is
+# skipped elsewhere (macOS, or SANDBOX_PORTABLE_BUILD=1): every test that
+# starts a sandboxed worker, since a worker's policy always requests
+# seccomp and Landlock, and the tests of the Linux mechanisms themselves.
+# A test outside these tables that starts a worker without the fixtures
+# below needs @pytest.mark.linux.
+WORKER_FIXTURES = ("make_host", "make_async_host")
+LINUX_MODULES = frozenset(
+    {
+        "test_bench_smoke.py",
+        "test_hardening.py",
+        "test_hostile_worker.py",
+        "test_isolation.py",
+        "test_landlock.py",
+        "test_lifecycle.py",
+        "test_network.py",
+        "test_observe.py",
+        "test_seccomp.py",
+    }
+)
+# Modules whose import itself needs Linux (pyseccomp, or a table of Linux
+# system call numbers keyed by os.uname().machine), so another kernel
+# cannot even collect them.
+LINUX_IMPORT_MODULES = LINUX_MODULES | {"test_shm.py"}
+# Test name prefixes per module, for modules that also hold portable tests.
+LINUX_TESTS = {
+    "test_cli.py": ("test_verify_", "test_call_", "test_demo_"),
+    "test_enforcement.py": (
+        "test_planned_report_of_this_machine",
+        "test_verify_",
+        "test_demo_",
+    ),
+    "test_launcher.py": (
+        # Landlock and seccomp stages, the capability bounding set,
+        # glibc's reserved signals and the parent-death signal.
+        "test_failed_stage_raises_launch_error",
+        "test_identity_switch_not_permitted",
+        "test_signal_dispositions_reset",
+        "test_child_dies_with_parent",
+    ),
+    "test_uids.py": ("test_unprivileged_host_ignores_plugin_uids",),
+}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -44,12 +88,43 @@ def pytest_configure(config: pytest.Config) -> None:
         "uses_host: starts workers through make_host, so --transport "
         "applies (set on every such test)",
     )
+    config.addinivalue_line(
+        "markers",
+        "linux: needs the Linux build of sandbox._native on a Linux "
+        "kernel; skipped elsewhere (set from the tables in conftest.py)",
+    )
+
+
+def pytest_ignore_collect(collection_path: Path) -> bool | None:
+    if sys.platform.startswith("linux"):
+        return None
+    return collection_path.name in LINUX_IMPORT_MODULES or None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    missing = unsupported_reason()
     for item in items:
         if "make_host" in getattr(item, "fixturenames", ()):
             item.add_marker("uses_host")
+        if needs_linux(item):
+            item.add_marker("linux")
+            if missing is not None:
+                reason = f"seccomp, Landlock and the rest are {missing}"
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def needs_linux(item: pytest.Item) -> bool:
+    """Return whether ``item`` is marked, in the tables or starts workers."""
+    if item.get_closest_marker("linux") is not None:
+        return True
+    fixtures = getattr(item, "fixturenames", ())
+    if any(name in fixtures for name in WORKER_FIXTURES):
+        return True
+    module = item.path.name
+    if module in LINUX_MODULES:
+        return True
+    name = getattr(item, "originalname", item.name)
+    return name.startswith(LINUX_TESTS.get(module, ()))
 
 
 def run_python(code: str) -> subprocess.CompletedProcess[str]:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .host import PluginHost
     from .policy import Policy, PolicySet, Resources
 
+# The one place the version is written: pyproject.toml reads it.
 __version__ = "0.1.0"
 
 _LAZY = {

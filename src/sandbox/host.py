@@ -82,7 +82,7 @@ def _check_platform(strict: bool) -> None:
     reason = unsupported_reason()
     if reason is None or not strict:
         return
-    # NOTE: spawnplan still asks the launcher for Landlock and seccomp,
+    # NOTE: spawnplan still requests Landlock and seccomp from the launcher,
     # which a portable launcher fails with ENOSYS, so strict=False only
     # gets workers started once it leaves them out on such a platform.
     raise LaunchError(

@@ -21,7 +21,6 @@ import importlib
 import io
 import os
 import select
-import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -65,10 +64,14 @@ _SEGMENT_NAME = "sandbox-channel"
 def shm_available() -> bool:
     """Return True where this machine can run shared-memory channels.
 
-    That needs Linux, memfd_create with sealing, and pidfd_open, through
-    which the host learns at once that a worker died.
+    That needs Linux, a build of sandbox._native with futex waits,
+    memfd_create with sealing, and pidfd_open, through which the host
+    learns at once that a worker died.
     """
-    if not sys.platform.startswith("linux"):
+    # Imported here: the worker imports this module and never calls this.
+    from .platform import has_linux_features
+
+    if not has_linux_features():
         return False
     if not hasattr(os, "memfd_create") or not hasattr(os, "pidfd_open"):
         return False
