@@ -97,7 +97,8 @@ def spawn(request: SpawnRequest) -> SpawnedProcess:
     """
     keep_alive: list[Any] = []
     args = _build_args(request, keep_alive)
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    # Close-on-exec by default (PEP 446); os.pipe2() is missing on macOS.
+    read_end, write_end = os.pipe()
     try:
         args.error_fd = write_end
         pid = lib.sandbox_spawn(args)

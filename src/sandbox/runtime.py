@@ -86,8 +86,10 @@ def _loaded_library_dirs(interpreter: str) -> list[str]:
     agrees with its dynamic loader, whatever the distribution's layout.
     """
     probe = (
-        "import _ctypes, _json, _socket, _struct, math, select\n"
-        "print(open('/proc/self/maps').read())"
+        "import _ctypes, _json, _socket, _struct, math, select, os\n"
+        # Only Landlock reads the result, and only Linux has the file.
+        "if os.path.exists('/proc/self/maps'):\n"
+        "    print(open('/proc/self/maps').read())"
     )
     try:
         maps = subprocess.run(

@@ -24,6 +24,7 @@ from . import landlock, seccomp
 from .errors import PolicyError
 from .launcher import Identity, SpawnRequest
 from .manifest import PluginManifest
+from .platform import has_linux_features
 from .policy import Policy, Resources
 from .runtime import PACKAGE_DIR, WorkerRuntime
 from .shm import ShmChannelSegment, default_spin_ns
@@ -94,7 +95,10 @@ def plan_worker(config: WorkerConfig) -> WorkerPlan:
     try:
         ruleset_fd = -1
         report: landlock.RulesetReport | None = None
-        if not config.observe:
+        # Without the Linux mechanisms only a host with strict=False gets
+        # here, and its workers go without Landlock and seccomp.
+        kernel_layers = has_linux_features()
+        if kernel_layers and not config.observe:
             ruleset_fd, report = build_ruleset(config, scratch)
             opened.append(ruleset_fd)
         if config.transport == "shm":
@@ -107,7 +111,9 @@ def plan_worker(config: WorkerConfig) -> WorkerPlan:
             opened += [host_socket, child_fd]
             child_target = STREAM_FD
             channel = {"transport": "stream", "fd": STREAM_FD}
-        bootstrap_read, bootstrap_write = os.pipe2(os.O_CLOEXEC)
+        # os.pipe() descriptors are close-on-exec (PEP 446), and unlike
+        # os.pipe2() it exists on macOS.
+        bootstrap_read, bootstrap_write = os.pipe()
         opened += [bootstrap_read, bootstrap_write]
         devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         opened.append(devnull)
@@ -138,7 +144,7 @@ def plan_worker(config: WorkerConfig) -> WorkerPlan:
         rlimits=worker_rlimits(config.resources),
         identity=config.identity,
         landlock_fd=ruleset_fd,
-        seccomp_bpf=seccomp.build_filter(filter_spec(config.policy)).bpf,
+        seccomp_bpf=_seccomp_program(config.policy) if kernel_layers else b"",
     )
     if config.observe:
         request = observe_request(request)
@@ -293,6 +299,10 @@ def remove_tree(path: str) -> None:
         )
     except (OSError, subprocess.SubprocessError) as error:
         logger.warning("could not remove scratch folder %s: %s", path, error)
+
+
+def _seccomp_program(policy: Policy) -> bytes:
+    return seccomp.build_filter(filter_spec(policy)).bpf
 
 
 def filter_spec(policy: Policy) -> seccomp.FilterSpec:
