@@ -23,6 +23,7 @@
 
 #ifdef SANDBOX_LINUX
 #include <linux/filter.h>
+#include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -245,6 +246,24 @@ apply_rlimits(const struct sandbox_spawn_args *args)
 	return setrlimit(RLIMIT_CORE, &no_core) < 0 ? errno : 0;
 }
 
+/*
+ * A network namespace of its own holds only a loopback device that is
+ * down, so even a socket the filter let through reaches nothing; its
+ * abstract unix sockets are its own too.  Needs CAP_SYS_ADMIN, which the
+ * uid drop below takes away.
+ */
+static int
+isolate_network(const struct sandbox_spawn_args *args)
+{
+	if (!args->new_netns)
+		return 0;
+#ifdef SANDBOX_LINUX
+	return syscall(SYS_unshare, CLONE_NEWNET) < 0 ? errno : 0;
+#else
+	return ENOSYS;
+#endif
+}
+
 static int
 drop_bounding_set(const struct sandbox_spawn_args *args)
 {
@@ -436,7 +455,8 @@ install_seccomp(const struct sandbox_spawn_args *args)
 /*
  * The order matters:
  * - descriptors close before any limit, so NOFILE cannot fail on them;
- * - the capability bounding set empties while CAP_SETPCAP is still held;
+ * - the network namespace and the bounding set change while the
+ *   capabilities they need (CAP_SYS_ADMIN, CAP_SETPCAP) are still held;
  * - groups and gid change before the uid, which removes the right to;
  * - no_new_privs precedes Landlock and seccomp, which require it;
  * - seccomp comes last, because its filter could deny the calls that set
@@ -454,6 +474,7 @@ child_main(const struct sandbox_spawn_args *args)
 	RUN_STAGE(SANDBOX_STAGE_DESCRIPTORS, place_descriptors(args, &fds));
 	RUN_STAGE(SANDBOX_STAGE_CHDIR, change_directory(args->cwd));
 	RUN_STAGE(SANDBOX_STAGE_RLIMITS, apply_rlimits(args));
+	RUN_STAGE(SANDBOX_STAGE_NETNS, isolate_network(args));
 	RUN_STAGE(SANDBOX_STAGE_CAPBSET, drop_bounding_set(args));
 	RUN_STAGE(SANDBOX_STAGE_SETGROUPS, drop_groups(args));
 	RUN_STAGE(SANDBOX_STAGE_SETRESGID, drop_gid(args));

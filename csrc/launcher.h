@@ -27,6 +27,7 @@ enum sandbox_stage {
 	SANDBOX_STAGE_LANDLOCK = 14,
 	SANDBOX_STAGE_SECCOMP = 15,
 	SANDBOX_STAGE_EXECVE = 16,
+	SANDBOX_STAGE_NETNS = 17,
 };
 
 struct sandbox_rlimit {
@@ -57,6 +58,8 @@ struct sandbox_spawn_args {
 	unsigned int gid;
 	const unsigned int *groups;
 	int group_count;
+	/* 1: unshare into a new, empty network namespace (needs root). */
+	int new_netns;
 	/* -1: no Landlock ruleset to apply. */
 	int landlock_fd;
 	/* A struct sock_filter array; seccomp_len == 0: no filter. */

@@ -738,3 +738,28 @@ def test_needed_protections_follow_network(
     policy = Policy(name="x", network=network)
     needs = verify.needed_protections(policy, as_root=False)
     assert (verify.LANDLOCK_TCP in needs) is needs_tcp
+
+
+# -- the network namespace of a root host ---------------------------------------
+
+
+def network_namespace(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/ns/net")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root creates one")
+@pytest.mark.parametrize(
+    ("form", "own_namespace"),
+    [("false", True), ("allowlist", False), ("true", False)],
+)
+def test_only_false_gets_empty_namespace(
+    probe_host: StartProbe, form: str, own_namespace: bool
+) -> None:
+    host = probe_host({"network": network_setting(form)})
+    probe = network_namespace(worker_pid(host, "probe"))
+    assert (probe != network_namespace(os.getpid())) is own_namespace
+    mechanisms = host.enforcement_report("probe")["layers"]["network"]
+    netns = "netns: an empty network namespace"
+    assert (netns in mechanisms["enforced"].get("mechanisms", [])) is (
+        own_namespace
+    )

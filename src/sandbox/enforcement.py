@@ -179,6 +179,7 @@ class WorkerFacts:
     seccomp_bpf: bytes
     env_names: tuple[str, ...]
     granted: frozenset[str]
+    network_namespace: bool = False
 
 
 def worker_facts(
@@ -195,6 +196,7 @@ def worker_facts(
         seccomp_bpf=request.seccomp_bpf,
         env_names=tuple(sorted(request.env)),
         granted=granted,
+        network_namespace=request.new_network_namespace,
     )
 
 
@@ -258,7 +260,10 @@ def running_report(
         ),
         _landlock_layer(policy, facts.landlock, in_force=True),
         _network_layer(
-            policy, socket_rules if in_force else "none", facts.landlock
+            policy,
+            socket_rules if in_force else "none",
+            facts.landlock,
+            _own_network_namespace(pid) if facts.network_namespace else None,
         ),
         _capability_layer(policy, facts.granted),
         _env_layer(policy, facts.env_names),
@@ -623,17 +628,30 @@ def _landlock_layer(
     )
 
 
+def _own_network_namespace(pid: int) -> bool:
+    """Return whether ``pid`` is in another network namespace than ours."""
+    try:
+        theirs = os.readlink(f"/proc/{pid}/ns/net")
+        ours = os.readlink("/proc/self/ns/net")
+    except OSError:
+        return False
+    return theirs != ours
+
+
 def _network_layer(
     policy: Policy,
     socket_rules: str,
     ruleset: landlock.RulesetReport | None,
+    own_namespace: bool | None = None,
 ) -> LayerReport:
     """Name the mechanisms that enforce the policy's ``network`` setting.
 
     Without network, seccomp alone denies every socket and Landlock's TCP
     rules are a second line. With a port allowlist, seccomp admits only
     TCP sockets and only Landlock limits their ports, so both must be
-    in force.
+    in force. ``own_namespace`` is None when no network namespace was
+    requested (a host that is not root, or network allowed), else
+    whether the worker runs in one of its own.
     """
     network = policy.network
     if network is True:
@@ -660,6 +678,10 @@ def _network_layer(
         mechanisms.append("landlock: TCP bind and connect denied")
     elif ports is not None:
         lacking.append("Landlock cannot limit TCP ports (needs ABI 4)")
+    if own_namespace:
+        mechanisms.append("netns: an empty network namespace")
+    elif own_namespace is False:
+        lacking.append("the worker shares the host's network namespace")
     return _layer(
         NETWORK,
         {"network": list(ports) if ports is not None else False},

@@ -53,6 +53,7 @@ class Stage(enum.IntEnum):
     LANDLOCK = 14
     SECCOMP = 15
     EXECVE = 16
+    NETNS = 17
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ class SpawnRequest:
     # (resource, soft, hard), e.g. (resource.RLIMIT_AS, n, n).
     rlimits: Sequence[tuple[int, int, int]] = ()
     identity: Identity | None = None
+    # A new, empty network namespace: root only.
+    new_network_namespace: bool = False
     landlock_fd: int = -1
     seccomp_bpf: bytes = b""
 
@@ -147,6 +150,7 @@ def _build_args(request: SpawnRequest, keep_alive: list[Any]) -> Any:
     args.rlimits = limits
     args.rlimit_count = len(request.rlimits)
     _set_identity(args, request.identity, hold)
+    args.new_netns = int(request.new_network_namespace)
     args.landlock_fd = request.landlock_fd
     if request.seccomp_bpf:
         args.seccomp_filter = hold(ffi.from_buffer(request.seccomp_bpf))

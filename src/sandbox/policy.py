@@ -24,13 +24,15 @@ plugin and the dotted key.
     network = [443, 8080]    # TCP connect() to these ports only
 
 Under ``false``, the seccomp program makes socket() fail for every
-family, and Landlock denies TCP bind() and connect(). Under a port
+family, Landlock denies TCP bind() and connect(), and a root host also
+gives the worker an empty network namespace. Under a port
 list, seccomp allows socket() only for TCP over IPv4 and IPv6 and
 denies listen(), so UDP (and with it DNS lookups), raw, packet, netlink
 and unix sockets stay denied. Landlock then allows connect() to the
 listed ports and denies bind(). A port rule matches every address,
-because Landlock has no address rules and no network namespace is
-used: ``[443]`` reaches port 443 on loopback as on any other host.
+because Landlock has no address rules and the worker keeps the host's
+network namespace: ``[443]`` reaches port 443 on loopback as on any
+other host.
 Under ``true``, neither layer filters sockets. Under every form,
 Landlock's scope denies connecting to abstract unix sockets that were
 created outside the worker.

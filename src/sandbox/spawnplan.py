@@ -143,6 +143,7 @@ def plan_worker(config: WorkerConfig) -> WorkerPlan:
         },
         rlimits=worker_rlimits(config.resources),
         identity=config.identity,
+        new_network_namespace=_wants_network_namespace(config),
         landlock_fd=ruleset_fd,
         seccomp_bpf=_seccomp_program(config.policy) if kernel_layers else b"",
     )
@@ -301,6 +302,21 @@ def remove_tree(path: str) -> None:
         logger.warning("could not remove scratch folder %s: %s", path, error)
 
 
+def _wants_network_namespace(config: WorkerConfig) -> bool:
+    """Return whether the worker gets an empty network namespace.
+
+    Only without network, and only where the launcher can create one: a
+    host that drops the uid is root. It is a third layer under seccomp's
+    socket rules and Landlock's TCP rules, which hold on their own.
+    """
+    return (
+        config.policy.network is False
+        and config.identity is not None
+        and not config.observe
+        and has_linux_features()
+    )
+
+
 def _seccomp_program(policy: Policy) -> bytes:
     return seccomp.build_filter(filter_spec(policy)).bpf
 
@@ -309,8 +325,7 @@ def filter_spec(policy: Policy) -> seccomp.FilterSpec:
     """Return the seccomp options for the policy's ``network`` setting.
 
     A port allowlist keeps socket() to TCP over IPv4 and IPv6 here. The
-    ports themselves are Landlock rules (see build_ruleset), and no
-    network namespace is involved.
+    ports themselves are Landlock rules (see build_ruleset).
     """
     network = policy.network
     return seccomp.FilterSpec(
