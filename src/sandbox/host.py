@@ -34,12 +34,14 @@ from .errors import (
     ProtocolError,
     SandboxError,
 )
-from .launcher import SpawnedProcess, SpawnRequest
+from .kernelaudit import SeccompKillWatcher
+from .launcher import Identity, SpawnedProcess, SpawnRequest
 from .manifest import PluginManifest, discover_plugins
 from .platform import unsupported_reason
 from .policy import Policy, PolicySet, Resources
 from .process import WorkerProcess, WorkerStopped
 from .runtime import (
+    check_policy_users,
     check_runtime_readable,
     resolve_identity,
     resolve_interpreter,
@@ -47,7 +49,7 @@ from .runtime import (
 )
 from .shm import WorkerDeathMonitor, resolve_transport
 from .spawnplan import WorkerConfig, sweep_scratch_root
-from .uids import DEFAULT_PLUGIN_UIDS, plan_plugin_uids
+from .uids import DEFAULT_PLUGIN_UIDS, plan_uids, registry_location
 
 logger = logging.getLogger("sandbox.host")
 
@@ -82,9 +84,6 @@ def _check_platform(strict: bool) -> None:
     reason = unsupported_reason()
     if reason is None or not strict:
         return
-    # NOTE: spawnplan still requests Landlock and seccomp from the launcher,
-    # which a portable launcher fails with ENOSYS, so strict=False only
-    # gets workers started once it leaves them out on such a platform.
     raise LaunchError(
         "platform",
         errno.EOPNOTSUPP,
@@ -111,6 +110,18 @@ class PluginHost:
     supplementary groups, unless its policy names a ``user``. With
     ``plugin_uids=None`` every plugin runs as ``nobody``. A host that is
     not root runs workers as its own uid and ignores ``plugin_uids``.
+
+    A root host with ``plugin_uids`` keeps each plugin's uid in the JSON
+    file ``uid_registry`` (None: $SANDBOX_UID_REGISTRY, else
+    /var/lib/sandbox/plugin-uids.json), which it reads and updates under
+    a lock when
+    it starts, so a plugin installed later never takes an installed
+    plugin's uid. The file's folder is created if missing and must be
+    owned by root and writable by no one else (PermissionError if not).
+
+    A root host raises PolicyError when a policy's ``user`` is the uid
+    of another plugin or lies in ``plugin_uids``, and when two plugins'
+    policies name the same user, unless ``allow_shared_users`` is true.
     """
 
     def __init__(
@@ -126,6 +137,8 @@ class PluginHost:
         transport: str = "auto",
         strict: bool = True,
         plugin_uids: range | None = DEFAULT_PLUGIN_UIDS,
+        uid_registry: str | os.PathLike[str] | None = None,
+        allow_shared_users: bool = False,
     ) -> None:
         if max_workers < 1:
             raise ValueError(
@@ -157,9 +170,24 @@ class PluginHost:
         )
         sweep_scratch_root(self.scratch_root)
         # Raises ValueError for an invalid range, also when not root.
-        self._plugin_uids = plan_plugin_uids(
-            self.plugins, plugin_uids, as_root=os.geteuid() == 0
+        as_root = os.geteuid() == 0
+        uid_plan = plan_uids(
+            self.plugins,
+            plugin_uids,
+            as_root=as_root,
+            registry=registry_location(uid_registry),
         )
+        self._plugin_uids = dict(uid_plan.plugin_uids)
+        if as_root:
+            check_policy_users(
+                {
+                    name: self.policies.for_plugin(name).user
+                    for name in self.plugins
+                },
+                uid_plan,
+                source=self.policies.source,
+                allow_shared_users=allow_shared_users,
+            )
         # False: start plugins even where the kernel cannot enforce part of
         # their policy, and report each gap as a protection_missing event.
         self.strict = strict
@@ -169,7 +197,10 @@ class PluginHost:
             maxlen=NOTIFICATIONS_KEPT
         )
         self._broker = CapabilityBroker(
-            self.audit, manifest_of=self._manifest, policy_of=self._policy
+            self.audit,
+            manifest_of=self._manifest,
+            policy_of=self._policy,
+            identity_of=self._identity,
         )
         self._broker.register("notify", self._notify, schema=_NOTIFY_SCHEMA)
         self._workers: OrderedDict[str, WorkerProcess] = OrderedDict()
@@ -190,6 +221,9 @@ class PluginHost:
         self._death_monitor = (
             WorkerDeathMonitor() if self.transport == "shm" else None
         )
+        # Names the system call of a seccomp kill. Its thread starts with
+        # the first worker.
+        self._kill_watcher = SeccompKillWatcher()
         self._closed = False
         _unclosed_hosts.add(self)
 
@@ -339,6 +373,7 @@ class PluginHost:
             self._spawner.shutdown(wait=True)
             if self._death_monitor is not None:
                 self._death_monitor.close()
+            self._kill_watcher.close()
 
     def __enter__(self) -> PluginHost:
         return self
@@ -428,6 +463,7 @@ class PluginHost:
                 self._broker,
                 self.audit,
                 self._death_monitor,
+                self._kill_watcher,
             )
             worker.start(self._spawn)
         except BaseException:
@@ -457,11 +493,7 @@ class PluginHost:
 
     def _config(self, manifest: PluginManifest) -> WorkerConfig:
         policy = self._policy(manifest.name)
-        identity = resolve_identity(
-            policy.user,
-            as_root=os.geteuid() == 0,
-            plugin_uid=self._plugin_uids.get(manifest.name),
-        )
+        identity = self._identity(manifest.name)
         runtime = worker_runtime(self.interpreter)
         check_runtime_readable(
             runtime, [manifest.folder, *manifest.python_path], identity
@@ -475,6 +507,17 @@ class PluginHost:
             scratch_root=self.scratch_root,
             transport=self.transport,
             strict=self.strict,
+        )
+
+    def _identity(self, plugin: str) -> Identity | None:
+        """Return the identity of the plugin's workers, None for the host's.
+
+        The broker opens files for the plugin with it, too.
+        """
+        return resolve_identity(
+            self._policy(plugin).user,
+            as_root=os.geteuid() == 0,
+            plugin_uid=self._plugin_uids.get(plugin),
         )
 
     def _policy(self, plugin: str) -> Policy:

@@ -9,6 +9,16 @@ switch, no_new_privs, the rlimits and the seccomp kill on a foreign
 architecture. Use it only on code you are evaluating and would run
 unsandboxed, never on hostile code.
 
+Two rules keep denying: setsid() and setpgid() fail with EPERM, as they
+do under every policy, and leave no audit record, so every process the
+plugin starts stays in the worker's process group, which is killed when
+the worker stops. When the worker ran as the plugin's own uid (a root
+host with plugin_uids and no policy ``user``), every process of that uid
+left after the worker stops is killed as well, whatever its group.
+NOTE: that includes the workers of the same plugin that a PluginHost
+with the same uids runs at the same time. They start again on their
+next call.
+
 What is observed, and by which mechanism:
 
 - system calls the default-deny seccomp program would reject: the
@@ -37,16 +47,13 @@ Observation.suggested_policy_toml() renders the result as a
 from __future__ import annotations
 
 import dataclasses
-import errno
 import ipaddress
 import math
 import os
 import re
-import select
 import shutil
 import socket
 import stat
-import struct
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -55,7 +62,7 @@ from typing import Any
 
 import psutil
 
-from . import launcher, seccomp
+from . import kernelaudit, launcher, seccomp
 from .audit import AuditEvent, AuditLog
 from .broker import CapabilityBroker, CapabilityHandler
 from .errors import PluginNotFound, PolicyError, SandboxError
@@ -64,13 +71,19 @@ from .manifest import PluginManifest, discover_plugins
 from .policy import _ENV_NAME, Policy, PolicySet, Resources
 from .process import WorkerProcess
 from .runtime import (
+    check_policy_users,
     check_runtime_readable,
     resolve_identity,
     resolve_interpreter,
     worker_runtime,
 )
 from .spawnplan import WORKER_BASE_ENVIRONMENT, WorkerConfig
-from .uids import DEFAULT_PLUGIN_UIDS, plan_plugin_uids
+from .uids import (
+    DEFAULT_PLUGIN_UIDS,
+    kill_processes_of,
+    plan_uids,
+    registry_location,
+)
 
 __all__ = ["OBSERVE_RESOURCES", "CallRecord", "Observation", "observe_plugin"]
 
@@ -91,19 +104,9 @@ _OBSERVE_MESSAGE_BYTES = 16 << 20
 _MIB = 1 << 20
 _SAMPLE_SECONDS = 0.005
 
-# linux/netlink.h, linux/audit.h and linux/seccomp.h.
-_NETLINK_AUDIT = 9
-_AUDIT_NLGRP_READLOG = 1
-_AUDIT_SECCOMP = 1326
-_SECCOMP_RET_LOG = 0x7FFC0000
-_NLMSGHDR = struct.Struct("=IHHII")
-_RECEIVE_BUFFER_BYTES = 8 << 20
-# asm-generic/socket.h; the socket module does not export it.
-_SO_RCVBUFFORCE = 33
 # The kernel sends a record from its kauditd thread shortly after the
 # system call; the worker's marker call bounds the wait.
 _RECORD_WAIT_SECONDS = 3.0
-_FIELD = re.compile(r"(?<= )(pid|syscall|code)=(0x[0-9a-f]+|[0-9]+)(?= |$)")
 
 # The system calls that ``network`` allows.
 _SOCKET_SYSCALLS = ("socket", "socketpair")
@@ -236,14 +239,18 @@ def observe_plugin(
     timeout: float | None = None,
     scratch_root: str | None = None,
     plugin_uids: range | None = DEFAULT_PLUGIN_UIDS,
+    uid_registry: str | os.PathLike[str] | None = None,
+    allow_shared_users: bool = False,
 ) -> Observation:
     """Make ``calls`` (method, params) to ``plugin`` in observe mode.
 
     ``policies`` supplies the uid and message size to run with; what the
     policy grants is not used, because the suggestion starts from
     default deny. ``handlers`` serves capabilities beyond the built-in
-    ones. ``plugin_uids`` is PluginHost's option of the same name: a
-    root host runs the plugin as the uid its workers would get. A call
+    ones. ``plugin_uids``, ``uid_registry`` and ``allow_shared_users``
+    are PluginHost's options of the same names: a root host runs the
+    plugin as the uid its workers would get, and rejects the same
+    policy users. A call
     that fails is recorded in Observation.calls, and the
     calls after a worker death are skipped. Raises PluginNotFound,
     PolicyError or LaunchError when the worker cannot start.
@@ -253,9 +260,13 @@ def observe_plugin(
     base = (policies or PolicySet.empty()).for_plugin(plugin)
     # The uid PluginHost would give the plugin, so that files the plugin
     # creates here stay usable by its workers later.
-    uids = plan_plugin_uids(manifests, plugin_uids, as_root=os.geteuid() == 0)
-    identity = resolve_identity(
-        base.user, as_root=os.geteuid() == 0, plugin_uid=uids.get(plugin)
+    identity, own_uid = _observe_identity(
+        manifests,
+        plugin,
+        policies or PolicySet.empty(),
+        plugin_uids,
+        uid_registry,
+        allow_shared_users,
     )
     config = _observe_config(manifest, base, identity, python, scratch_root)
     audit = AuditLog()
@@ -263,7 +274,7 @@ def observe_plugin(
     audit.subscribe(capability_events.append)
     broker = _observe_broker(audit, manifest, base, handlers)
     seconds = timeout or OBSERVE_RESOURCES.timeout or 300.0
-    run = _Run(config, broker, audit, seconds)
+    run = _Run(config, broker, audit, seconds, own_uid)
     run.execute(calls)
     return _derive(run, manifest, base, capability_events)
 
@@ -282,6 +293,40 @@ def _find_manifests(
         raise errors[plugin]
     known = ", ".join(sorted(manifests)) or "none"
     raise PluginNotFound(f"no plugin named {plugin!r}; known plugins: {known}")
+
+
+def _observe_identity(
+    manifests: Mapping[str, PluginManifest],
+    plugin: str,
+    policies: PolicySet,
+    plugin_uids: range | None,
+    uid_registry: str | os.PathLike[str] | None,
+    allow_shared_users: bool,
+) -> tuple[Identity | None, int | None]:
+    """Return the worker's identity, and the plugin's own uid if it uses it.
+
+    Checks the policy users as PluginHost does.
+    """
+    as_root = os.geteuid() == 0
+    plan = plan_uids(
+        manifests,
+        plugin_uids,
+        as_root=as_root,
+        registry=registry_location(uid_registry),
+    )
+    if as_root:
+        check_policy_users(
+            {name: policies.for_plugin(name).user for name in manifests},
+            plan,
+            source=policies.source,
+            allow_shared_users=allow_shared_users,
+        )
+    user = policies.for_plugin(plugin).user
+    own_uid = plan.plugin_uids.get(plugin)
+    identity = resolve_identity(user, as_root=as_root, plugin_uid=own_uid)
+    if identity is None or user is not None:
+        own_uid = None
+    return identity, own_uid
 
 
 def _observe_config(
@@ -349,8 +394,11 @@ class _Run:
         broker: CapabilityBroker,
         audit: AuditLog,
         timeout: float,
+        own_uid: int | None,
     ) -> None:
         self.config = config
+        # The plugin's own uid, whose every process ends with the worker.
+        self.own_uid = own_uid
         self.broker = broker
         self.audit = audit
         self.timeout = timeout
@@ -364,7 +412,7 @@ class _Run:
 
     def execute(self, calls: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         """Start the worker, make the calls, collect, stop the worker."""
-        kernel_log = _AuditRecords()
+        kernel_log = kernelaudit.SeccompLogCollector()
         if kernel_log.unavailable:
             self.notes.append(kernel_log.unavailable)
         granted = frozenset(self.config.manifest.capabilities)
@@ -381,12 +429,31 @@ class _Run:
             if self.sampler is not None:
                 self.sampler.stop()
             worker.stop(interrupt=True)
+            self._kill_leftovers()
             pids = self.sampler.pids if self.sampler else set()
             self.kernel_calls = kernel_log.collect(
-                pids, pid if self.report else None
+                pids,
+                pid if self.report else None,
+                _native_number("syslog"),
+                _RECORD_WAIT_SECONDS,
             )
             self.notes += kernel_log.problems
             kernel_log.close()
+
+    def _kill_leftovers(self) -> None:
+        """Kill the processes of the plugin's uid that outlived the worker.
+
+        The seccomp program keeps them in the worker's process group, so
+        this is the second line: it also reaches a process that left the
+        group by a way the program does not know of.
+        """
+        if self.own_uid is None:
+            return
+        if not kill_processes_of(self.own_uid):
+            self.notes.append(
+                f"processes of uid {self.own_uid} kept killing the helper "
+                "that ends them, so some may still run"
+            )
 
     def _make_calls(
         self,
@@ -507,130 +574,6 @@ def _highest_fd(pid: int) -> int:
     except (OSError, ValueError):
         return 0
     return max(numbers, default=-1) + 1
-
-
-class _AuditRecords:
-    """Seccomp LOG records from the audit netlink multicast group.
-
-    The kernel copies every audit record to this group whether or not
-    auditd runs, without the printk rate limit that thins the same
-    records in /dev/kmsg to ten per five seconds.
-    """
-
-    def __init__(self) -> None:
-        self.unavailable: str | None = None
-        self.problems: list[str] = []
-        self._socket: socket.socket | None = None
-        try:
-            sock = socket.socket(
-                socket.AF_NETLINK,
-                socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                _NETLINK_AUDIT,
-            )
-        except OSError as error:
-            self.unavailable = (
-                f"no audit netlink socket ({error.strerror}): system "
-                "calls the seccomp program would deny were not observed"
-            )
-            return
-        try:
-            sock.bind((0, _AUDIT_NLGRP_READLOG))
-            _grow_receive_buffer(sock)
-        except OSError as error:
-            sock.close()
-            self.unavailable = (
-                f"cannot join the audit log group ({error.strerror}); it "
-                "needs CAP_AUDIT_READ, so system calls the seccomp "
-                "program would deny were not observed"
-            )
-            return
-        sock.setblocking(False)
-        self._socket = sock
-
-    def collect(
-        self, pids: set[int], marker_pid: int | None
-    ) -> list[tuple[int, int]]:
-        """Return (pid, syscall) of each LOG record of ``pids``.
-
-        Waits for the marker call of ``marker_pid`` (see worker.py), the
-        last record the worker's report caused.
-        """
-        if self._socket is None:
-            return []
-        marker = _native_number("syslog")
-        found: list[tuple[int, int]] = []
-        deadline = time.monotonic() + _RECORD_WAIT_SECONDS
-        waiting = marker_pid is not None
-        while True:
-            for pid, number in self._read_available():
-                if pid in pids:
-                    found.append((pid, number))
-                if waiting and (pid, number) == (marker_pid, marker):
-                    waiting = False
-                    found.pop()
-            remaining = deadline - time.monotonic()
-            if not waiting or remaining <= 0:
-                break
-            select.select([self._socket], [], [], remaining)
-        if waiting:
-            self.problems.append(
-                "the kernel's audit records of the worker did not all "
-                f"arrive within {_RECORD_WAIT_SECONDS:g} s"
-            )
-        return found
-
-    def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-
-    def _read_available(self) -> list[tuple[int, int]]:
-        assert self._socket is not None
-        records: list[tuple[int, int]] = []
-        while True:
-            try:
-                data = self._socket.recv(65536)
-            except BlockingIOError:
-                return records
-            except OSError as error:
-                if error.errno != errno.ENOBUFS:
-                    raise
-                self.problems.append(
-                    "the audit socket overflowed: some system calls the "
-                    "seccomp program would deny may be missing"
-                )
-                continue
-            record = _parse_record(data)
-            if record is not None:
-                records.append(record)
-
-
-def _grow_receive_buffer(sock: socket.socket) -> None:
-    # SO_RCVBUFFORCE passes net.core.rmem_max, which needs CAP_NET_ADMIN.
-    try:
-        sock.setsockopt(
-            socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RECEIVE_BUFFER_BYTES
-        )
-    except OSError:
-        sock.setsockopt(
-            socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER_BYTES
-        )
-
-
-def _parse_record(data: bytes) -> tuple[int, int] | None:
-    """Return (pid, syscall) of a SECCOMP_RET_LOG record, else None."""
-    if len(data) < _NLMSGHDR.size:
-        return None
-    length, kind, _flags, _seq, _port = _NLMSGHDR.unpack_from(data)
-    if kind != _AUDIT_SECCOMP:
-        return None
-    text = data[_NLMSGHDR.size : length].decode("ascii", "replace")
-    fields = {key: int(value, 0) for key, value in _FIELD.findall(text)}
-    if fields.get("code") != _SECCOMP_RET_LOG:
-        return None
-    if "pid" not in fields or "syscall" not in fields:
-        return None
-    return fields["pid"], fields["syscall"]
 
 
 def _native_number(name: str) -> int:

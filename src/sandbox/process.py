@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import channel as rpc
-from . import enforcement, kmsg
+from . import enforcement, kernelaudit
 from .audit import AuditLog
 from .broker import CapabilityBroker, redact_secrets
 from .errors import (
@@ -77,6 +77,7 @@ class WorkerProcess:
         broker: CapabilityBroker,
         audit: AuditLog,
         death_monitor: WorkerDeathMonitor | None = None,
+        kill_watcher: kernelaudit.SeccompKillWatcher | None = None,
     ) -> None:
         self.config = config
         self.name = config.manifest.name
@@ -94,9 +95,10 @@ class WorkerProcess:
         self.kernel_status: dict[str, str] = {}
         # Requested versus enforced, per layer, once the worker started.
         self.enforcement: enforcement.EnforcementReport | None = None
-        # Opened before the spawn, to find the kernel's record of a
-        # seccomp kill of this worker.
-        self._kernel_log: kmsg.KernelLogWatch | None = None
+        # Finds the kernel's record of a seccomp kill of this worker.
+        self._kill_watcher = kill_watcher
+        # The pid registered with the kill watcher, until it is forgotten.
+        self._watched_pid: int | None = None
         self.alive = False
         self._last_pid = -1
         self._reaped_pidfd: int | None = None
@@ -114,8 +116,10 @@ class WorkerProcess:
         self._plan = plan = plan_worker(self.config)
         try:
             self._check_landlock(plan)
-            self._kernel_log = kmsg.KernelLogWatch()
+            if self._kill_watcher is not None:
+                self._kill_watcher.start()
             self._process = spawner(plan.request)
+            self._watch_for_kill(self._process.pid)
         except BaseException:
             plan.close_child_side()
             self._release()
@@ -165,11 +169,14 @@ class WorkerProcess:
 
         The launcher fails the spawn when a step fails, so a gap found
         here means the kernel shows another state than the one set. The
-        plugin's module has been imported by then. Landlock was checked
-        before the spawn.
+        plugin's module has been imported by then. A Landlock ruleset
+        was checked before the spawn, so only a missing one counts here.
         """
+        planned_ruleset = (
+            self._plan is not None and self._plan.landlock_report is not None
+        )
         for layer in report.gaps():
-            if layer.layer == enforcement.LANDLOCK:
+            if layer.layer == enforcement.LANDLOCK and planned_ruleset:
                 continue
             self._audit.emit(
                 "protection_missing",
@@ -206,6 +213,13 @@ class WorkerProcess:
                 f"{', '.join(missing)}; pass strict=False to PluginHost to "
                 "run plugins with that gap",
             )
+
+    def _watch_for_kill(self, pid: int) -> None:
+        # The worker runs no plugin code before the host sends the
+        # bootstrap, so the plugin's seccomp kills come after this call.
+        if self._kill_watcher is not None:
+            self._kill_watcher.register(pid)
+            self._watched_pid = pid
 
     @property
     def pid(self) -> int:
@@ -308,9 +322,9 @@ class WorkerProcess:
         return status, usage
 
     def _release(self) -> None:
-        if self._kernel_log is not None:
-            self._kernel_log.close()
-            self._kernel_log = None
+        if self._kill_watcher is not None and self._watched_pid is not None:
+            self._kill_watcher.forget(self._watched_pid)
+            self._watched_pid = None
         if self._channel is not None:
             self._channel.close()
             self._channel = None
@@ -443,11 +457,10 @@ class WorkerProcess:
             )
             return
         except Exception as error:  # a handler bug fails this call only
+            # The broker has audited the failure and names only the
+            # capability, so no host detail reaches the plugin.
             channel.send_error(
-                request.id,
-                rpc.INTERNAL_ERROR,
-                f"capability failed: {error}",
-                timeout=timeout,
+                request.id, rpc.INTERNAL_ERROR, str(error), timeout=timeout
             )
             return
         channel.send_result(request.id, result, timeout=timeout)
@@ -502,7 +515,9 @@ class WorkerProcess:
         log = self._log_tail()
         violation = None
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS:
-            violation = kmsg.violation_fields(self._kernel_log, self._last_pid)
+            violation = kernelaudit.violation_fields(
+                self._kill_watcher, self._last_pid
+            )
         self._release()
         error = classify_death(self.name, status, usage, self.config, log)
         if violation is not None:
