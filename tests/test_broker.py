@@ -12,8 +12,11 @@ import errno
 import json
 import os
 import secrets
+import shutil
 import stat
-from collections.abc import Callable
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +24,8 @@ import pytest
 
 from conftest import IS_ROOT, HostFactory, PluginWriter
 from sandbox import PluginCrashed, PluginError, PluginHost
-from sandbox.broker import (
-    MESSAGE_ENVELOPE_BYTES,
-    Argument,
-    openat2,
-    redact_secrets,
-)
+from sandbox.broker import MESSAGE_ENVELOPE_BYTES, Argument, redact_secrets
+from sandbox.fileaccess import openat2
 from sandbox.process import LOG_TAIL_BYTES
 
 ATTEMPT = """
@@ -339,16 +338,21 @@ def test_redact_prefers_longer_secret() -> None:
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> dict[str, Path]:
+def tree() -> Iterator[dict[str, Path]]:
+    # A root host opens files as the plugin's uid, which needs search
+    # permission on the whole path: pytest's tmp_path is mode 700.
+    base = Path(tempfile.mkdtemp(prefix="sandbox-broker-"))
+    os.chmod(base, 0o755)
     folders = {
-        name: tmp_path / name
-        for name in ("box", "readonly", "swapped", "outside")
+        name: base / name for name in ("box", "readonly", "swapped", "outside")
     }
     for folder in folders.values():
-        folder.mkdir()
+        folder.mkdir(mode=0o755)
+    os.chmod(folders["box"], 0o777)
     (folders["outside"] / "secret.txt").write_text("outside data")
     (folders["readonly"] / "notes.txt").write_text("read only")
-    return folders
+    yield folders
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -358,7 +362,7 @@ def file_host(
     write_plugin("filer", ATTEMPT, ["attempt", "echo"], FILE_CAPABILITIES)
     write_plugin("bystander", ATTEMPT, ["echo"])
     files = {
-        "read": [str(tree["readonly"]), str(tree["swapped"]), "/proc"],
+        "read": [str(tree["readonly"]), str(tree["swapped"])],
         "write": [str(tree["box"])],
     }
     host = make_host(
@@ -382,7 +386,8 @@ def test_write_read_list_inside_folder(
 ) -> None:
     host, events = file_host
     box = tree["box"]
-    (box / "sub").mkdir()
+    (box / "sub").mkdir(mode=0o777)
+    os.chmod(box / "sub", 0o777)
     path = f"{box}/sub/report.bin"
     data = bytes(range(256)) * 4
     assert attempt(host, "filer", "write_file", path=path, data=data) == {
@@ -410,6 +415,7 @@ def test_overwrite_replaces_content(
     host, _ = file_host
     target = tree["box"] / "file.txt"
     target.write_bytes(b"a much longer old content")
+    os.chmod(target, 0o666)
     attempt(host, "filer", "write_file", path=str(target), data=b"new")
     assert target.read_bytes() == b"new"
 
@@ -477,20 +483,6 @@ def _symlink_to_proc_root(
 ) -> tuple[str, dict[str, Any], str]:
     (tree["box"] / "root").symlink_to("/proc/self/root")
     path = f"{tree['box']}/root{tree['outside']}/secret.txt"
-    return "read_file", {"path": path}, "symbolic link"
-
-
-def _proc_magic_link(
-    tree: dict[str, Path],
-) -> tuple[str, dict[str, Any], str]:
-    # /proc is a read folder of the policy: its PID/root entries are
-    # magic links to the root of another process.
-    path = f"/proc/{os.getpid()}/root{tree['outside']}/secret.txt"
-    return "read_file", {"path": path}, "symbolic link"
-
-
-def _proc_self(tree: dict[str, Path]) -> tuple[str, dict[str, Any], str]:
-    path = f"/proc/self/root{tree['outside']}/secret.txt"
     return "read_file", {"path": path}, "symbolic link"
 
 
@@ -563,8 +555,6 @@ ESCAPES: dict[str, EscapeSetup] = {
     "symlink-write-out": _symlink_write_out,
     "dangling-symlink-write": _dangling_symlink_write,
     "symlink-to-proc-root": _symlink_to_proc_root,
-    "proc-magic-link": _proc_magic_link,
-    "proc-self": _proc_self,
     "swapped-folder": _swapped_folder,
     "hard-link": _hard_link,
     "fifo-read": _fifo_read,
@@ -607,6 +597,57 @@ def test_too_large_write_creates_nothing(
     assert outcome == {"ok": FILE_LIMIT}
 
 
+@pytest.fixture
+def mount_in_box(tree: dict[str, Path]) -> Iterator[Path]:
+    """Mount a tmpfs on a subfolder of the writable folder.
+
+    The file on it is writable by everyone, so only the mount point
+    stops a plugin from reading or writing it.
+    """
+    mount_point = tree["box"] / "mnt"
+    mount_point.mkdir(mode=0o755)
+    options = "size=1m,mode=0755"
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
+        check=True,
+    )
+    try:
+        (mount_point / "data.txt").write_text("mounted data")
+        os.chmod(mount_point / "data.txt", 0o666)
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="mounting a tmpfs needs root")
+@pytest.mark.parametrize(
+    ("capability", "relative", "data"),
+    [
+        ("read_file", "mnt/data.txt", None),
+        ("write_file", "mnt/data.txt", b"overwritten"),
+        ("list_files", "mnt", None),
+    ],
+    ids=["read", "write", "list"],
+)
+def test_mount_beneath_folder_not_crossed(
+    file_host: tuple[PluginHost, Events],
+    tree: dict[str, Path],
+    mount_in_box: Path,
+    capability: str,
+    relative: str,
+    data: bytes | None,
+) -> None:
+    host, events = file_host
+    params: dict[str, Any] = {"path": f"{tree['box']}/{relative}"}
+    if data is not None:
+        params["data"] = data
+    outcome = attempt(host, "filer", capability, **params)
+    assert "leads out of its folder" in outcome.get("denied", ""), outcome
+    assert len(denials(events, capability)) == 1
+    assert (mount_in_box / "data.txt").read_text() == "mounted data"
+    check_still_serving(host, "filer")
+
+
 @pytest.mark.parametrize(
     "relative", ["../outside/secret.txt", "@OUTSIDE@/secret.txt"]
 )
@@ -626,3 +667,20 @@ def test_openat2_keeps_paths_beneath_folder(
         assert info.value.errno == errno.EXDEV
     finally:
         os.close(folder_fd)
+
+
+@pytest.mark.parametrize("entry", ["@PID@/root", "self/root", "self"])
+def test_openat2_rejects_magic_links(
+    tree: dict[str, Path], entry: str
+) -> None:
+    # A policy cannot name /proc as a files folder, so this shows on its
+    # own that openat2 would not follow its magic links (PID/root leads
+    # to the root of another process) nor the symlink "self".
+    relative = f"{entry.replace('@PID@', str(os.getpid()))}{tree['outside']}"
+    proc_fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError) as info:
+            openat2(proc_fd, f"{relative}/secret.txt", os.O_RDONLY)
+        assert info.value.errno == errno.ELOOP
+    finally:
+        os.close(proc_fd)

@@ -1174,3 +1174,40 @@ def test_network_tuple_built_in_code_accepted() -> None:
     policy = Policy(name="x", network=(443, 8080))
     assert policy.network == (443, 8080)
     assert hash(policy) == hash(Policy(name="x", network=(443, 8080)))
+
+
+@pytest.mark.parametrize(
+    "folder",
+    ["/proc", "/proc/self", "/sys", "/sys/kernel", "/dev", "/dev/shm"],
+)
+@pytest.mark.parametrize("key", ["read", "write"])
+def test_files_pseudo_filesystem_rejected(folder: str, key: str) -> None:
+    if not Path(folder).is_dir():
+        pytest.skip(f"{folder} is not a folder on this machine")
+    with pytest.raises(PolicyError) as info:
+        Policy.from_dict({"plugins": {"x": {"files": {key: [folder]}}}})
+    error = info.value
+    assert error.key == f"plugins.x.files.{key}[0]"
+    assert "pseudo-filesystem" in error.reason
+    assert folder.split("/")[1] in error.reason
+
+
+def test_files_link_to_pseudo_filesystem_rejected(tmp_path: Path) -> None:
+    link = tmp_path / "status"
+    link.symlink_to("/proc")
+    with pytest.raises(PolicyError) as info:
+        Policy.from_dict({"defaults": {"files": {"read": [str(link)]}}})
+    error = info.value
+    assert error.key == "defaults.files.read[0]"
+    assert "resolves to '/proc'" in error.reason
+
+
+def test_files_folder_named_like_pseudo_accepted(tmp_path: Path) -> None:
+    # Only /proc and what lies beneath it are rejected, not any folder
+    # whose name is proc.
+    folder = tmp_path / "proc"
+    folder.mkdir()
+    policies = Policy.from_dict(
+        {"defaults": {"files": {"read": [str(folder)]}}}
+    )
+    assert policies.for_plugin("x").files.read == (str(folder),)

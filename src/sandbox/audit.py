@@ -2,7 +2,8 @@
 
 Each event is one decision or lifecycle change of one worker. Events carry
 the plugin name and a timestamp and are built by the host from data it
-controls, so nothing the plugin sends is logged verbatim.
+controls. Text that a plugin sent enters an event only through
+printable_text(), so it is never logged verbatim.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import logging
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -55,3 +57,35 @@ class AuditLog:
             except Exception:
                 # A subscriber's bug must not break the call it reports.
                 logger.exception("audit subscriber %r failed", callback)
+
+
+# Control characters (C0, DEL, C1), format characters such as the bidi
+# overrides, line and paragraph separators, and lone surrogates: each can
+# rewrite a terminal line or hide text when a log is shown.
+_UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def printable_text(text: str, limit: int) -> str:
+    """Escape unprintable characters in text from a plugin, and bound it.
+
+    Keeps at most ``limit`` characters of ``text`` and writes each
+    unprintable one as a ``\\xNN``, ``\\uNNNN`` or ``\\UNNNNNNNN``
+    escape, so an audit event field from plugin text fits on one line.
+    """
+    kept = text[:limit]
+    cleaned = "".join(
+        _escaped(char)
+        if unicodedata.category(char) in _UNPRINTABLE_CATEGORIES
+        else char
+        for char in kept
+    )
+    return cleaned + "..." if len(text) > limit else cleaned
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"

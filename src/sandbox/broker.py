@@ -3,8 +3,12 @@
 A plugin requests a capability over its channel, and CapabilityBroker
 decides and carries it out. A call succeeds only if the plugin's
 plugin.toml lists the capability, its policy grants it, a handler is
-registered and the arguments match the handler's schema. Every decision
-becomes a ``capability_granted`` or ``capability_denied`` audit event.
+registered and the arguments match the handler's schema. Every request
+becomes one audit event: ``capability_granted``, ``capability_denied``,
+or ``capability_failed`` when the handler raised anything but
+CapabilityDenied. Text that the plugin sent reaches an event only with
+the plugin's secrets replaced, then with unprintable characters escaped
+and its length bounded.
 
 Built-in capabilities, each denied unless the policy grants it:
 
@@ -13,8 +17,11 @@ Built-in capabilities, each denied unless the policy grants it:
   provide_secret() and that the policy names in ``secrets``.
 - ``read_file(path)``, ``write_file(path, data)``, ``list_files(path)``:
   files beneath the folders of the policy's ``files`` table, opened by
-  the host with openat2(2) so that no symlink, ``..`` or magic link
-  leads out of the folder.
+  the host with openat2(2) so that no symlink, ``..``, magic link or
+  mount point leads out of the folder. On a root host, each open runs
+  with the file-system identity of the plugin's workers, so file
+  permissions apply as they would to the plugin. PluginFiles, in
+  sandbox.fileaccess, serves these three.
 
 PluginHost registers ``notify`` itself, because it keeps the
 notifications.
@@ -22,22 +29,23 @@ notifications.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import json
+import logging
 import os
-import platform
-import stat
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
-from .audit import AuditLog
-from .errors import CapabilityDenied
+from .audit import AuditLog, printable_text
+from .errors import CapabilityDenied, SandboxError
+from .fileaccess import PluginFiles
 from .manifest import PluginManifest
 from .policy import _CAPABILITY_NAME, _PLUGIN_NAME, _SECRET_NAME, Policy
+
+if TYPE_CHECKING:
+    from .launcher import Identity
 
 __all__ = [
     "Argument",
@@ -48,7 +56,11 @@ __all__ = [
     "redact_secrets",
 ]
 
+logger = logging.getLogger("sandbox.broker")
+
 CapabilityHandler = Callable[[str, dict[str, Any]], Any]
+Redactor = Callable[[str], str]
+IdentityLookup = Callable[[str], "Identity | None"]
 
 REDACTED = "[redacted]"
 # A secret must fit in one reply with room to spare.
@@ -57,6 +69,10 @@ MAX_SECRET_CHARS = 65536
 # so that a reply of at most max_message_bytes - this always fits.
 MESSAGE_ENVELOPE_BYTES = 256
 MAX_PATH_CHARS = 4096
+# Bounds of the plugin text in an audit event: a reason, and any other
+# field (a path, a name).
+MAX_REASON_CHARS = 1000
+MAX_FIELD_CHARS = 512
 _MAX_SHOWN_CHARS = 80
 
 
@@ -97,12 +113,19 @@ class Argument:
 Schema = Mapping[str, Argument]
 
 
-def check_arguments(capability: str, schema: Schema, params: object) -> None:
+def check_arguments(
+    capability: str,
+    schema: Schema,
+    params: object,
+    *,
+    redact: Redactor | None = None,
+) -> None:
     """Raise CapabilityDenied unless ``params`` matches ``schema``.
 
     Every required argument must be present, no argument outside the
     schema may be, and each value must have one of its types and at most
-    its maximum length.
+    its maximum length. ``redact`` replaces secrets in an argument name
+    that the message shows, before the name is escaped and shortened.
     """
     if not isinstance(params, dict):
         raise CapabilityDenied(
@@ -113,7 +136,7 @@ def check_arguments(capability: str, schema: Schema, params: object) -> None:
             expected = ", ".join(schema) or "none"
             raise CapabilityDenied(
                 f"capability {capability!r} takes no argument "
-                f"{_shown(name)}; its arguments are: {expected}"
+                f"{_shown(name, redact)}; its arguments are: {expected}"
             )
     for name, argument in schema.items():
         if name in params:
@@ -156,8 +179,32 @@ def redact_secrets(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def _shown(value: object) -> str:
-    """Describe a value from a plugin for a message, shortened."""
+def _escaped_forms(secret: str) -> set[str]:
+    """Return ``secret`` as repr() and JSON may write it inside a string.
+
+    A handler's error text may contain a secret escaped, such as the
+    repr() that str(KeyError(secret)) returns, where the raw value no
+    longer matches.
+    """
+    return {
+        secret,
+        repr(secret)[1:-1],
+        # Inside single quotes, as repr() writes a str with both quotes.
+        repr(secret + "'\"")[1:-4],
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+    }
+
+
+def _shown(value: object, redact: Redactor | None = None) -> str:
+    """Describe a value from a plugin for a message, shortened.
+
+    Secrets are replaced before repr() escapes the value and before the
+    cut, because either change could leave a secret that no longer
+    matches its value, or its first characters, in the message.
+    """
+    if redact is not None and isinstance(value, str):
+        value = redact(value)
     text = repr(value)
     if len(text) > _MAX_SHOWN_CHARS:
         return text[: _MAX_SHOWN_CHARS - 3] + "..."
@@ -177,7 +224,10 @@ class CapabilityBroker:
     """Decides, runs and audits the capability calls of every plugin.
 
     ``manifest_of`` and ``policy_of`` return a plugin's manifest and
-    merged policy. Calling the broker serves one request.
+    merged policy. ``identity_of`` returns the identity of the plugin's
+    workers, which a root host takes on to open files for the plugin.
+    Without it, or where it returns None, files are opened with the
+    host's own identity. Calling the broker serves one request.
     """
 
     def __init__(
@@ -186,10 +236,12 @@ class CapabilityBroker:
         *,
         manifest_of: Callable[[str], PluginManifest],
         policy_of: Callable[[str], Policy],
+        identity_of: IdentityLookup | None = None,
     ) -> None:
         self._audit = audit
         self._manifest_of = manifest_of
         self._policy_of = policy_of
+        self._identity_of = identity_of
         self._capabilities: dict[str, _Capability] = {}
         # Plugin -> secret name -> value. provide_secret() may run on any
         # thread while calls read it.
@@ -226,27 +278,85 @@ class CapabilityBroker:
     def __call__(
         self, plugin: str, capability: str, params: dict[str, Any]
     ) -> Any:
-        """Serve one request; raise CapabilityDenied to reject it."""
+        """Serve one request and return its result.
+
+        Raises CapabilityDenied to reject the request. When the handler
+        fails in another way, raises SandboxError with a message that
+        names only the capability, and the audit event contains the
+        details.
+        """
         fields: dict[str, Any] = {}
+        recorded_name = self._recorded_name(plugin, capability)
         try:
             entry = self._granted_capability(plugin, capability)
             if entry.schema is not None:
-                check_arguments(capability, entry.schema, params)
+                redact = self._redactor(plugin)
+                check_arguments(
+                    capability, entry.schema, params, redact=redact
+                )
                 fields = self._audited_fields(plugin, entry, params)
             result = entry.handler(plugin, params)
         except CapabilityDenied as error:
+            reason = self._event_text(plugin, str(error), MAX_REASON_CHARS)
             self._audit.emit(
                 "capability_denied",
                 plugin,
-                capability=capability,
-                reason=self.redact(plugin, str(error)),
+                capability=recorded_name,
+                reason=reason,
                 **fields,
             )
-            raise
+            # The plugin gets the text of the event, which a reply can
+            # always carry: it has no lone surrogate left.
+            raise CapabilityDenied(reason) from None
+        except Exception as error:
+            raise self._failure(plugin, recorded_name, error, fields) from None
         self._audit.emit(
-            "capability_granted", plugin, capability=capability, **fields
+            "capability_granted", plugin, capability=recorded_name, **fields
         )
         return result
+
+    def _failure(
+        self,
+        plugin: str,
+        recorded_name: str,
+        error: Exception,
+        fields: dict[str, Any],
+    ) -> SandboxError:
+        """Record a handler's failure and return the error for the plugin.
+
+        The handler's text can contain anything the host knows, so the
+        plugin gets a message that names only the capability.
+        """
+        text = f"{type(error).__name__}: {error}"
+        reason = self._event_text(plugin, text, MAX_REASON_CHARS)
+        self._audit.emit(
+            "capability_failed",
+            plugin,
+            capability=recorded_name,
+            reason=reason,
+            **fields,
+        )
+        logger.error(
+            "capability %s of plugin %s failed in the host: %s",
+            recorded_name,
+            plugin,
+            reason,
+        )
+        return SandboxError(f"capability {recorded_name} failed in the host")
+
+    def _recorded_name(self, plugin: str, capability: str) -> str:
+        """Return the capability name as audit events record it.
+
+        A plugin can send any text as the name, a secret included, so
+        only a name that fits the capability name rule is recorded.
+        """
+        if _CAPABILITY_NAME.pattern.fullmatch(capability) is None:
+            return f"<invalid name, {len(capability)} characters>"
+        return self._event_text(plugin, capability, MAX_FIELD_CHARS)
+
+    def _event_text(self, plugin: str, text: str, limit: int) -> str:
+        """Prepare text with plugin values for an audit event field."""
+        return printable_text(self._redact_escaped(plugin, text), limit)
 
     # -- secrets -------------------------------------------------------------
 
@@ -266,6 +376,12 @@ class CapabilityBroker:
             raise ValueError(
                 f"secret {name!r} is longer than {MAX_SECRET_CHARS} characters"
             )
+        if not _is_utf8(value):
+            # No reply could carry it to the plugin.
+            raise ValueError(
+                f"secret {name!r} contains a lone surrogate, which is not "
+                "valid UTF-8"
+            )
         with self._secrets_lock:
             self._secrets.setdefault(plugin, {})[name] = value
 
@@ -278,9 +394,30 @@ class CapabilityBroker:
         """Replace each secret value provided to ``plugin`` in ``text``."""
         return redact_secrets(text, self.secret_values(plugin))
 
+    def _redact_escaped(self, plugin: str, text: str) -> str:
+        """Replace each secret of ``plugin``, raw or escaped, in ``text``."""
+        forms: set[str] = set()
+        for secret in self.secret_values(plugin):
+            forms |= _escaped_forms(secret)
+        return redact_secrets(text, forms)
+
+    def _redactor(self, plugin: str) -> Redactor:
+        secrets = self.secret_values(plugin)
+        return lambda text: redact_secrets(text, secrets)
+
+    def _show(self, plugin: str) -> Callable[[str], str]:
+        """Return a function that shows a plugin value in a message."""
+        redact = self._redactor(plugin)
+        return lambda value: _shown(value, redact)
+
     # -- checks --------------------------------------------------------------
 
     def _granted_capability(self, plugin: str, capability: str) -> _Capability:
+        if _CAPABILITY_NAME.pattern.fullmatch(capability) is None:
+            raise CapabilityDenied(
+                f"invalid capability name of {len(capability)} characters: "
+                f"expected {_CAPABILITY_NAME.description}"
+            )
         manifest = self._manifest_of(plugin)
         policy = self._policy_of(plugin)
         listed = capability in manifest.capabilities
@@ -290,7 +427,7 @@ class CapabilityBroker:
             else:
                 reason = "its plugin.toml does not list it in capabilities"
             raise CapabilityDenied(
-                f"capability {capability[:64]!r} is not available to plugin "
+                f"capability {capability!r} is not available to plugin "
                 f"{plugin!r}: {reason}"
             )
         entry = self._capabilities.get(capability)
@@ -305,7 +442,9 @@ class CapabilityBroker:
         self, plugin: str, entry: _Capability, params: dict[str, Any]
     ) -> dict[str, Any]:
         return {
-            event_field: self.redact(plugin, str(params[argument]))
+            event_field: self._event_text(
+                plugin, str(params[argument]), MAX_FIELD_CHARS
+            )
             for argument, event_field in entry.audited.items()
             if argument in params
         }
@@ -344,17 +483,27 @@ class CapabilityBroker:
         name = params["name"]
         if name not in self._policy_of(plugin).env:
             raise CapabilityDenied(
-                f"variable {_shown(name)} is not in the env allowlist of "
-                f"plugin {plugin!r}"
+                f"variable {self._show(plugin)(name)} is not in the env "
+                f"allowlist of plugin {plugin!r}"
             )
-        return os.environ.get(name)
+        # The policy's names are ASCII. os.environ would decode a value
+        # that is not UTF-8 to lone surrogates, which no reply can carry.
+        value = os.environb.get(name.encode("ascii"))
+        if value is None:
+            return None
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CapabilityDenied(
+                f"variable {name} is not valid UTF-8"
+            ) from None
 
     def _get_secret(self, plugin: str, params: dict[str, Any]) -> str:
         name = params["name"]
         if name not in self._policy_of(plugin).secrets:
             raise CapabilityDenied(
-                f"secret {_shown(name)} is not in the secrets list of the "
-                f"policy of plugin {plugin!r}"
+                f"secret {self._show(plugin)(name)} is not in the secrets "
+                f"list of the policy of plugin {plugin!r}"
             )
         with self._secrets_lock:
             value = self._secrets.get(plugin, {}).get(name)
@@ -366,33 +515,27 @@ class CapabilityBroker:
         return value
 
     def _read_file(self, plugin: str, params: dict[str, Any]) -> bytes:
-        policy = self._policy_of(plugin)
-        path = params["path"]
-        folder, relative = _locate(path, policy.files.readable(), "read")
-        limit = _file_limit(policy)
-        with _FolderHandle(folder) as folder_fd:
-            return _read_regular(folder_fd, relative, path, limit)
+        return self._plugin_files(plugin).read_file(params["path"])
 
     def _write_file(self, plugin: str, params: dict[str, Any]) -> int:
-        policy = self._policy_of(plugin)
-        path, data = params["path"], params["data"]
-        limit = _file_limit(policy)
-        if len(data) > limit:
-            raise CapabilityDenied(
-                f"write_file of {len(data)} bytes to {_shown(path)} is "
-                f"larger than the maximum of {limit} bytes"
-            )
-        folder, relative = _locate(path, policy.files.write, "write")
-        with _FolderHandle(folder) as folder_fd:
-            _write_regular(folder_fd, relative, path, data)
-        return len(data)
+        files = self._plugin_files(plugin)
+        return files.write_file(params["path"], params["data"])
 
     def _list_files(self, plugin: str, params: dict[str, Any]) -> list[str]:
+        return self._plugin_files(plugin).list_files(params["path"])
+
+    def _plugin_files(self, plugin: str) -> PluginFiles:
+        """Return the file access that the policy of ``plugin`` grants."""
         policy = self._policy_of(plugin)
-        path = params["path"]
-        folder, relative = _locate(path, policy.files.readable(), "list")
-        with _FolderHandle(folder) as folder_fd:
-            return _list_folder(folder_fd, relative, path, _file_limit(policy))
+        identity_of = None
+        if self._identity_of is not None:
+            identity_of = partial(self._identity_of, plugin)
+        return PluginFiles(
+            policy.files,
+            max_bytes=_file_limit(policy),
+            show=self._show(plugin),
+            identity_of=identity_of,
+        )
 
 
 def _check_schema(schema: Schema) -> None:
@@ -429,306 +572,13 @@ def _check_name(
         raise ValueError(f"invalid {kind} name {name!r}")
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _file_limit(policy: Policy) -> int:
     return policy.max_message_bytes - MESSAGE_ENVELOPE_BYTES
-
-
-# -- paths -------------------------------------------------------------------
-
-
-def _locate(
-    path: str, folders: tuple[str, ...], access: str
-) -> tuple[str, str]:
-    """Split ``path`` into an allowlisted folder and the path beneath it.
-
-    The checks here are lexical and give clear messages. openat2() then
-    enforces that the path stays beneath the folder on the real tree.
-    """
-    _check_path_text(path)
-    best: str | None = None
-    for folder in folders:
-        inside = path == folder or path.startswith(folder.rstrip("/") + "/")
-        if inside and (best is None or len(folder) > len(best)):
-            best = folder
-    if best is None:
-        shown = ", ".join(folders) or "none"
-        raise CapabilityDenied(
-            f"path {_shown(path)} is not in a folder the plugin may "
-            f"{access}; its folders: {shown}"
-        )
-    relative = path[len(best) :].lstrip("/")
-    return best, relative or "."
-
-
-def _check_path_text(path: str) -> None:
-    if "\0" in path:
-        raise CapabilityDenied(f"path {_shown(path)} contains a NUL character")
-    if not path.startswith("/"):
-        raise CapabilityDenied(
-            f"path {_shown(path)} is not absolute; start it with /"
-        )
-    if ".." in path.split("/"):
-        raise CapabilityDenied(
-            f"path {_shown(path)} contains a '..' component"
-        )
-    if os.path.normpath(path) != path:
-        raise CapabilityDenied(
-            f"path {_shown(path)} is not normalised; use "
-            f"{_shown(os.path.normpath(path))}"
-        )
-
-
-class _FolderHandle:
-    """An O_PATH descriptor of an allowlisted folder, closed on exit.
-
-    No component of the folder's path may be a symlink either. A plugin
-    that may write to a parent folder through ``filesystem`` could
-    otherwise replace the folder with a symlink to anywhere.
-    """
-
-    def __init__(self, folder: str) -> None:
-        self._folder = folder
-        self._fd = -1
-
-    def __enter__(self) -> int:
-        try:
-            self._fd = openat2(
-                _AT_FDCWD,
-                self._folder,
-                os.O_PATH | os.O_DIRECTORY,
-                resolve=RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-            )
-        except Openat2Unavailable:
-            raise
-        except OSError as error:
-            reason = error.strerror
-            if error.errno == errno.ELOOP:
-                reason = "its path goes through a symbolic link"
-            raise CapabilityDenied(
-                f"failed to open folder {self._folder!r}: {reason}"
-            ) from None
-        return self._fd
-
-    def __exit__(self, *exc_info: object) -> None:
-        os.close(self._fd)
-
-
-# -- openat2 -----------------------------------------------------------------
-
-# From linux/openat2.h.
-RESOLVE_NO_XDEV = 0x01
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_NO_SYMLINKS = 0x04
-RESOLVE_BENEATH = 0x08
-_AT_FDCWD = -100
-# Beneath the folder, and through no symlink at all: a symlink that stays
-# inside could be swapped for one that leads out between two calls.
-SAFE_RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
-
-# openat2 (Linux 5.6 and later) is number 437 on x86_64, and on aarch64,
-# which uses the generic system call table. NOTE: tests ran on x86_64 only.
-_OPENAT2_NUMBERS = {"x86_64": 437, "aarch64": 437}
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [
-        ("flags", ctypes.c_uint64),
-        ("mode", ctypes.c_uint64),
-        ("resolve", ctypes.c_uint64),
-    ]
-
-
-class Openat2Unavailable(CapabilityDenied):
-    """This machine has no openat2(2), so files cannot be opened safely."""
-
-
-@cache
-def _openat2_syscall() -> tuple[Any, int]:
-    """Return libc's syscall() and the number of openat2."""
-    if platform.system() != "Linux":
-        raise Openat2Unavailable(
-            "file capabilities need openat2(2), which only Linux has"
-        )
-    machine = platform.machine()
-    if machine not in _OPENAT2_NUMBERS:
-        raise Openat2Unavailable(
-            f"file capabilities need openat2(2), whose system call number "
-            f"on {machine!r} this module does not know"
-        )
-    function = ctypes.CDLL(None, use_errno=True).syscall
-    function.restype = ctypes.c_long
-    return function, _OPENAT2_NUMBERS[machine]
-
-
-def openat2(
-    dirfd: int,
-    path: str,
-    flags: int,
-    mode: int = 0,
-    resolve: int = SAFE_RESOLVE,
-) -> int:
-    """Open ``path`` relative to ``dirfd`` with openat2(2); return the fd.
-
-    Raises OSError with the kernel's errno, and Openat2Unavailable where
-    the kernel or the architecture lacks the system call.
-    """
-    syscall, number = _openat2_syscall()
-    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    fd: int = syscall(
-        ctypes.c_long(number),
-        ctypes.c_int(dirfd),
-        ctypes.c_char_p(os.fsencode(path)),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
-    if fd >= 0:
-        return fd
-    code = ctypes.get_errno()
-    if code == errno.ENOSYS:
-        raise Openat2Unavailable(
-            "file capabilities need openat2(2), which this kernel lacks "
-            "(it needs Linux 5.6 or later)"
-        )
-    raise OSError(code, os.strerror(code), path)
-
-
-# Denial reasons for the errnos of openat2, worded for the plugin.
-_ESCAPE_REASONS = {
-    errno.EXDEV: "leads out of its folder",
-    errno.ELOOP: "goes through a symbolic link",
-    errno.EAGAIN: "changed while it was resolved",
-}
-
-
-def _open_beneath(
-    folder_fd: int, relative: str, path: str, flags: int, mode: int = 0
-) -> int:
-    """Open a path beneath a folder, with every failure as a denial."""
-    try:
-        return openat2(folder_fd, relative, flags | os.O_NOCTTY, mode)
-    except Openat2Unavailable:
-        raise
-    except OSError as error:
-        reason = _ESCAPE_REASONS.get(error.errno or 0, error.strerror)
-        raise CapabilityDenied(f"path {_shown(path)}: {reason}") from None
-
-
-def _check_regular_file(fd: int, path: str) -> os.stat_result:
-    """Deny anything but a regular file with a single link.
-
-    A second hard link could be a file outside the folder that the plugin
-    linked in, so such files are denied too.
-    """
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        raise CapabilityDenied(
-            f"path {_shown(path)} is not a regular file; only regular "
-            "files can be read or written"
-        )
-    if info.st_nlink != 1:
-        raise CapabilityDenied(
-            f"path {_shown(path)} has {info.st_nlink} hard links; only "
-            "files with a single link can be read or written"
-        )
-    return info
-
-
-def _check_existing_is_regular(
-    folder_fd: int, relative: str, path: str, *, missing_ok: bool
-) -> None:
-    """Check the file type through an O_PATH descriptor before opening.
-
-    An O_PATH open runs no device driver and does not wait on a FIFO, so
-    a device node is rejected before it is opened for real. The check is
-    repeated on the real descriptor, which is what counts if the file is
-    swapped in between.
-    """
-    try:
-        fd = openat2(folder_fd, relative, os.O_PATH)
-    except Openat2Unavailable:
-        raise
-    except OSError as error:
-        if missing_ok and error.errno == errno.ENOENT:
-            return
-        reason = _ESCAPE_REASONS.get(error.errno or 0, error.strerror)
-        raise CapabilityDenied(f"path {_shown(path)}: {reason}") from None
-    try:
-        _check_regular_file(fd, path)
-    finally:
-        os.close(fd)
-
-
-def _read_regular(
-    folder_fd: int, relative: str, path: str, limit: int
-) -> bytes:
-    _check_existing_is_regular(folder_fd, relative, path, missing_ok=False)
-    fd = _open_beneath(folder_fd, relative, path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        _check_regular_file(fd, path)
-        data = _read_at_most(fd, limit + 1)
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise CapabilityDenied(
-            f"file {_shown(path)} is larger than the maximum of {limit} "
-            "bytes that one reply can carry"
-        )
-    return data
-
-
-def _read_at_most(fd: int, count: int) -> bytes:
-    chunks: list[bytes] = []
-    remaining = count
-    while remaining > 0:
-        chunk = os.read(fd, min(remaining, 1 << 20))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
-def _write_regular(
-    folder_fd: int, relative: str, path: str, data: bytes
-) -> None:
-    _check_existing_is_regular(folder_fd, relative, path, missing_ok=True)
-    # No O_TRUNC: the file is truncated only once it is known to be a
-    # regular file.
-    fd = _open_beneath(
-        folder_fd,
-        relative,
-        path,
-        os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK,
-        0o644,
-    )
-    try:
-        _check_regular_file(fd, path)
-        os.ftruncate(fd, 0)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
-def _list_folder(
-    folder_fd: int, relative: str, path: str, limit: int
-) -> list[str]:
-    fd = _open_beneath(folder_fd, relative, path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        names = sorted(os.listdir(fd))
-    finally:
-        os.close(fd)
-    try:
-        size = len(json.dumps(names, ensure_ascii=False).encode())
-    except UnicodeEncodeError:
-        raise CapabilityDenied(
-            f"folder {_shown(path)} contains a name that is not valid "
-            "UTF-8, which no reply can carry"
-        ) from None
-    if size > limit:
-        raise CapabilityDenied(
-            f"the listing of folder {_shown(path)} is larger than the "
-            f"maximum of {limit} bytes that one reply can carry"
-        )
-    return names

@@ -43,7 +43,13 @@ def install_broker(broker: Broker | None) -> None:
 
 
 def call_capability(name: str, /, **params: Any) -> Any:
-    """Ask the host to perform capability ``name`` and return its result."""
+    """Ask the host to perform capability ``name`` and return its result.
+
+    Raises CapabilityDenied when the host rejects the call, and
+    RuntimeError when the host's handler failed. The RuntimeError names
+    only the capability: the handler's error stays in the host's audit
+    log.
+    """
     if _broker is None:
         raise CapabilityDenied(
             f"capability {name!r} is only available inside a sandbox worker"
@@ -86,8 +92,9 @@ def read_file(path: str) -> bytes:
     ``path`` is absolute and lies beneath a folder of the policy's
     ``files.read`` or ``files.write`` list. Needs capability
     ``read_file``. A path that leaves its folder, through ``..`` or a
-    symbolic link, a file that is not a regular file and a file larger
-    than one message can carry raise CapabilityDenied.
+    symbolic link, a file that is not a regular file, a file larger
+    than one message can carry and, on a root host, a file that this
+    plugin's uid may not read raise CapabilityDenied.
     """
     data = call_capability("read_file", path=path)
     if not isinstance(data, bytes):
@@ -100,7 +107,8 @@ def write_file(path: str, data: bytes) -> int:
 
     ``path`` is absolute and lies beneath a folder of the policy's
     ``files.write`` list, and its parent folder exists. Needs capability
-    ``write_file``. The denials are those of read_file().
+    ``write_file``. The denials are those of read_file(), for writing.
+    On a root host, a new file belongs to this plugin's uid.
     """
     written = call_capability("write_file", path=path, data=bytes(data))
     return written if isinstance(written, int) else 0
@@ -110,7 +118,8 @@ def list_files(path: str) -> list[str]:
     """Return the sorted names in a folder, listed by the host.
 
     ``path`` is a folder of the policy's ``files`` table or lies beneath
-    one. Needs capability ``list_files``.
+    one. Needs capability ``list_files``. A listing larger than one
+    message can carry raises CapabilityDenied.
     """
     names = call_capability("list_files", path=path)
     if not isinstance(names, list):

@@ -43,7 +43,9 @@ the ``get_secret`` capability. ``files`` lists folders that the host reads
 (``read``) or reads and writes (``write``) for the plugin through the
 ``read_file``, ``write_file`` and ``list_files`` capabilities. The worker
 never opens these folders itself, so they are separate from
-``filesystem``, which Landlock enforces in the worker::
+``filesystem``, which Landlock enforces in the worker. A ``files``
+folder in /proc, /sys or /dev, after symbolic links are resolved, is
+rejected::
 
     [plugins.reports]
     capabilities = ["get_secret", "read_file", "write_file"]
@@ -786,9 +788,35 @@ def _parse_files(value: object, where: _Where) -> dict[str, Any]:
     """Parse a files table into the FileAccessPolicy fields it sets."""
     table = _check_table(value, where, _FILES_KEYS)
     return {
-        key: _check_unique_list(raw, where.at(key), _check_existing_folder)
+        key: _check_unique_list(raw, where.at(key), _check_files_folder)
         for key, raw in table.items()
     }
+
+
+# Kernel pseudo-filesystems. Their files are views of processes, devices
+# and kernel state, such as /proc/PID/environ of the host, which no
+# plugin may reach through the host's file capabilities.
+_PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")
+
+
+def _check_files_folder(value: object, where: _Where) -> str:
+    """Check a ``files`` folder: existing, and on no pseudo-filesystem.
+
+    The check follows symbolic links, so a link to /proc is rejected too.
+    """
+    path = _check_existing_folder(value, where)
+    real = os.path.realpath(path)
+    for root in _PSEUDO_FILESYSTEMS:
+        if real == root or real.startswith(root + "/"):
+            shown = repr(path)
+            if real != path:
+                shown += f" (which resolves to {real!r})"
+            raise where.error(
+                f"folder {shown} is in {root}, a kernel pseudo-filesystem "
+                "that the host must not open for a plugin; choose a "
+                "folder elsewhere"
+            )
+    return path
 
 
 def _parse_resources(value: object, where: _Where) -> Resources:
