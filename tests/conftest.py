@@ -22,6 +22,7 @@ import pytest
 import sandbox
 from sandbox import PluginHost, Policy
 from sandbox.platform import unsupported_reason
+from sandbox.uids import REGISTRY_ENVIRONMENT
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -83,6 +84,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Root hosts record plugin uids in a registry that is never pruned;
+    # tests, and the hosts they start in subprocesses, use a throwaway
+    # one instead of the machine's.
+    if REGISTRY_ENVIRONMENT not in os.environ:
+        folder = tempfile.mkdtemp(prefix="sandbox-test-uids-")
+        os.environ[REGISTRY_ENVIRONMENT] = os.path.join(folder, "uids.json")
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
     config.addinivalue_line(
         "markers",
         "uses_host: starts workers through make_host, so --transport "
@@ -210,3 +218,16 @@ def make_host(
     yield make
     for host in hosts:
         host.close()
+
+
+@pytest.fixture(scope="session")
+def example_folders() -> None:
+    """Create the folders that examples/policies.toml names.
+
+    The policy loads only when they exist, and ``sandbox demo`` is what
+    creates them on a fresh machine.
+    """
+    from sandbox import demo
+
+    demo.prepare_notification_folder()
+    demo.prepare_files_folders()

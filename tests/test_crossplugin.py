@@ -430,10 +430,17 @@ StartPair = Callable[[str], Pair]
 
 
 @pytest.fixture
+def uid_registry(tmp_path: Path) -> Path:
+    """A uid registry of this test's own, in a folder only root can change."""
+    return tmp_path / "registry" / "plugin-uids.json"
+
+
+@pytest.fixture
 def start_pair(
     write_plugin: PluginWriter,
     make_host: HostFactory,
     shared_folder: Path,
+    uid_registry: Path,
 ) -> StartPair:
     """Start both plugins in one host; ``mode`` chooses the uids."""
     write_plugin("attacker", PROBE_SOURCE, PROBE_METHODS)
@@ -454,7 +461,9 @@ def start_pair(
     }
 
     def start(mode: str) -> Pair:
-        host = make_host(policies, plugin_uids=PLUGIN_UIDS[mode])
+        host = make_host(
+            policies, plugin_uids=PLUGIN_UIDS[mode], uid_registry=uid_registry
+        )
         abstract_name = f"sandbox-crossplugin-{uuid.uuid4().hex}"
         target = call(
             host,
@@ -578,7 +587,10 @@ PROCESS_LIMIT = 6
     ],
 )
 def test_process_limit_is_per_plugin(
-    write_plugin: PluginWriter, make_host: HostFactory, mode: str
+    write_plugin: PluginWriter,
+    make_host: HostFactory,
+    uid_registry: Path,
+    mode: str,
 ) -> None:
     write_plugin("forker", PROBE_SOURCE, PROBE_METHODS)
     write_plugin("bystander", PROBE_SOURCE, PROBE_METHODS)
@@ -586,6 +598,7 @@ def test_process_limit_is_per_plugin(
     host = make_host(
         {"plugins": {"forker": limits, "bystander": limits}},
         plugin_uids=PLUGIN_UIDS[mode],
+        uid_registry=uid_registry,
     )
     call(host, "bystander", "pid")
     filled = call(host, "forker", "fork_until_limit", limit=PROCESS_LIMIT)

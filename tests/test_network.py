@@ -740,7 +740,7 @@ def test_needed_protections_follow_network(
     assert (verify.LANDLOCK_TCP in needs) is needs_tcp
 
 
-# -- the network namespace of a root host ---------------------------------------
+# -- the network namespace of a root host ------------------------------------
 
 
 def network_namespace(pid: int) -> str:

@@ -9,13 +9,16 @@ enforcement, where the default policy makes it fail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ import pytest
 from sandbox import PluginError, Policy
 from sandbox.cli import main as cli_main
 from sandbox.observe import Observation, Usage, observe_plugin
+from sandbox.uids import DEFAULT_PLUGIN_UIDS, register_plugin_uids
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,6 +43,7 @@ needs_root = pytest.mark.skipif(
     not IS_ROOT, reason="reading audit records needs CAP_AUDIT_READ"
 )
 TOKEN_NAME = "SANDBOX_OBSERVE_TEST_TOKEN"
+NOBODY = 65534
 
 PROBE_SOURCE = """
 import os
@@ -135,18 +140,26 @@ def _probe_params(folders: Folders, port: int) -> dict[str, Any]:
 
 
 @pytest.fixture
+def uid_registry(tmp_path: Path) -> Path:
+    """A uid registry of this test's own, in a folder only root can change."""
+    return tmp_path / "registry" / "plugin-uids.json"
+
+
+@pytest.fixture
 def observed(
     write_plugin: PluginWriter,
     plugin_root: Path,
     folders: Folders,
     loopback_port: int,
     token: str,
+    uid_registry: Path,
 ) -> Observation:
     write_plugin("probe", PROBE_SOURCE, ["run"], ("notify",))
     return observe_plugin(
         [plugin_root],
         "probe",
         [("run", _probe_params(folders, loopback_port))],
+        uid_registry=uid_registry,
     )
 
 
@@ -222,8 +235,12 @@ def test_suggested_policy_enforced(
     loopback_port: int,
     token: str,
     make_host: HostFactory,
+    uid_registry: Path,
 ) -> None:
-    host = make_host(tomllib.loads(observed.suggested_policy_toml()))
+    host = make_host(
+        tomllib.loads(observed.suggested_policy_toml()),
+        uid_registry=uid_registry,
+    )
     result = host.execute_plugin(
         "probe", "run", _probe_params(folders, loopback_port)
     )
@@ -247,8 +264,9 @@ def test_default_policy_enforced_fails(
     folders: Folders,
     loopback_port: int,
     make_host: HostFactory,
+    uid_registry: Path,
 ) -> None:
-    host = make_host()
+    host = make_host(uid_registry=uid_registry)
     with pytest.raises(PluginError) as caught:
         host.execute_plugin(
             "probe", "run", _probe_params(folders, loopback_port)
@@ -258,22 +276,29 @@ def test_default_policy_enforced_fails(
 
 @needs_root
 def test_denied_syscall_runs_and_is_noted(
-    write_plugin: PluginWriter, plugin_root: Path, make_host: HostFactory
+    write_plugin: PluginWriter,
+    plugin_root: Path,
+    make_host: HostFactory,
+    uid_registry: Path,
 ) -> None:
     write_plugin("memfd", MEMFD_SOURCE, ["run"])
-    observation = observe_plugin([plugin_root], "memfd", [("run", {})])
+    observation = observe_plugin(
+        [plugin_root], "memfd", [("run", {})], uid_registry=uid_registry
+    )
     assert observation.succeeded
     assert "memfd_create" in observation.denied_syscalls
     assert any("memfd_create" in note for note in observation.notes)
     with pytest.raises(PluginError):
-        make_host().execute_plugin("memfd", "run", {})
+        make_host(uid_registry=uid_registry).execute_plugin("memfd", "run")
 
 
 def test_unobserved_plugin_readonly(
-    write_plugin: PluginWriter, plugin_root: Path
+    write_plugin: PluginWriter, plugin_root: Path, uid_registry: Path
 ) -> None:
     write_plugin("quiet", "def run():\n    return 1\n", ["run"])
-    observation = observe_plugin([plugin_root], "quiet", [("run", {})])
+    observation = observe_plugin(
+        [plugin_root], "quiet", [("run", {})], uid_registry=uid_registry
+    )
     policy = Policy.from_dict(
         tomllib.loads(observation.suggested_policy_toml())
     ).for_plugin("quiet")
@@ -348,13 +373,143 @@ def run(name):
 
 
 def test_read_env_answers_only_the_policy_list(
-    write_plugin: PluginWriter, plugin_root: Path, token: str
+    write_plugin: PluginWriter,
+    plugin_root: Path,
+    token: str,
+    uid_registry: Path,
 ) -> None:
     write_plugin("probe", READ_ENV_SOURCE, ["run"], ("read_env",))
     observation = observe_plugin(
-        [plugin_root], "probe", [("run", {"name": TOKEN_NAME})]
+        [plugin_root],
+        "probe",
+        [("run", {"name": TOKEN_NAME})],
+        uid_registry=uid_registry,
     )
     # The broker denies the host's value, yet the name is suggested.
     assert observation.calls[0].result == {"value": None, "denied": True}
     assert observation.env == (TOKEN_NAME,)
     assert observation.capabilities == ("read_env",)
+
+
+GROUP_SOURCE = """
+import errno
+import os
+
+
+def leave_group():
+    # The worker leads its session, so only a child can try setsid().
+    results = []
+    for call in (os.setsid, lambda: os.setpgid(0, 0)):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                call()
+            except OSError as error:
+                os._exit(error.errno)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        results.append(errno.errorcode.get(os.waitstatus_to_exitcode(status)))
+    return results
+"""
+
+
+def test_observed_worker_cannot_leave_group(
+    write_plugin: PluginWriter, plugin_root: Path, uid_registry: Path
+) -> None:
+    write_plugin("grouped", GROUP_SOURCE, ["leave_group"])
+    observation = observe_plugin(
+        [plugin_root],
+        "grouped",
+        [("leave_group", {})],
+        uid_registry=uid_registry,
+    )
+    assert observation.calls[0].result == ["EPERM", "EPERM"]
+
+
+def _start_as(uid: int) -> int:
+    """Fork a child that runs as ``uid`` in a session of its own and sleeps."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    return pid
+
+
+def _end(pid: int) -> int:
+    """Kill ``pid`` if it still runs, reap it and return its wait status."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    return os.waitpid(pid, 0)[1]
+
+
+def _is_running(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as stat_file:
+        state = stat_file.read().rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+QUIET_SOURCE = "def run():\n    return 1\n"
+
+
+@needs_root
+def test_observe_kills_processes_of_plugin_uid(
+    write_plugin: PluginWriter, plugin_root: Path, uid_registry: Path
+) -> None:
+    write_plugin("quiet", QUIET_SOURCE, ["run"])
+    uid = register_plugin_uids(["quiet"], DEFAULT_PLUGIN_UIDS, uid_registry)[
+        0
+    ]["quiet"]
+    # Outside the worker's process group, as a process of the plugin
+    # that escaped it would be.
+    pid = _start_as(uid)
+    try:
+        observation = observe_plugin(
+            [plugin_root], "quiet", [("run", {})], uid_registry=uid_registry
+        )
+        time.sleep(0.2)
+        survived = _is_running(pid)
+    finally:
+        status = _end(pid)
+    assert observation.succeeded
+    assert not survived
+    assert os.WIFSIGNALED(status)
+    assert os.WTERMSIG(status) == signal.SIGKILL
+
+
+@needs_root
+@pytest.mark.parametrize(
+    "options",
+    [{"plugin_uids": None}, {"policies": {"plugins": {"quiet": {"user": 1}}}}],
+    ids=["shared-nobody", "policy-user"],
+)
+def test_observe_spares_uid_not_its_own(
+    write_plugin: PluginWriter,
+    plugin_root: Path,
+    uid_registry: Path,
+    options: dict[str, Any],
+) -> None:
+    write_plugin("quiet", QUIET_SOURCE, ["run"])
+    policies = options.get("policies")
+    uid = NOBODY if policies is None else 1
+    pid = _start_as(uid)
+    try:
+        observation = observe_plugin(
+            [plugin_root],
+            "quiet",
+            [("run", {})],
+            policies=Policy.from_dict(policies) if policies else None,
+            plugin_uids=options.get("plugin_uids", DEFAULT_PLUGIN_UIDS),
+            uid_registry=uid_registry,
+        )
+        time.sleep(0.2)
+        survived = _is_running(pid)
+    finally:
+        _end(pid)
+    assert observation.succeeded
+    assert survived

@@ -72,6 +72,8 @@ class AsyncPluginHost:
         transport: str = "auto",
         strict: bool = True,
         plugin_uids: range | None = DEFAULT_PLUGIN_UIDS,
+        uid_registry: str | os.PathLike[str] | None = None,
+        allow_shared_users: bool = False,
     ) -> None:
         self._host = PluginHost(
             plugin_dirs,
@@ -84,6 +86,8 @@ class AsyncPluginHost:
             transport=transport,
             strict=strict,
             plugin_uids=plugin_uids,
+            uid_registry=uid_registry,
+            allow_shared_users=allow_shared_users,
         )
         # At most max_workers workers are alive and each runs one call at a
         # time, so more call threads than that would only wait in the host.

@@ -15,11 +15,12 @@ import stat
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .errors import LaunchError
+from .errors import LaunchError, PolicyError
 from .launcher import Identity
+from .uids import UidPlan
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_USER = "nobody"
@@ -171,6 +172,60 @@ def resolve_identity(
             "identity", 1, "refusing to run a plugin as root (uid 0)"
         )
     return identity
+
+
+def check_policy_users(
+    users: Mapping[str, str | int | None],
+    plan: UidPlan,
+    *,
+    source: str | None = None,
+    allow_shared_users: bool = False,
+) -> None:
+    """Raise PolicyError where a policy ``user`` would share another's uid.
+
+    ``users`` maps each plugin of a root host to its policy's ``user``.
+    A user may not be the uid of another plugin, in the registry or not,
+    nor any uid of the plugin_uids range, whatever ``allow_shared_users``
+    is. Two plugins whose policies name the same user (by name or uid)
+    are rejected too, unless ``allow_shared_users`` is true. The one
+    exception is ``nobody`` when plugins share one uid (``plan`` has no
+    range): every plugin runs as it there by design.
+    """
+    shared_default = (
+        _lookup(DEFAULT_USER).pw_uid if plan.uid_range is None else None
+    )
+    named_by: dict[int, str] = {}
+    for plugin in sorted(users):
+        user = users[plugin]
+        if user is None:
+            continue
+        uid = _lookup(user).pw_uid
+        claim = plan.claim_of(uid, plugin)
+        if claim is not None:
+            raise PolicyError(
+                f"user {user!r} is not allowed: {claim}, and sharing a uid "
+                "would let this plugin's workers own another plugin's "
+                "files and processes; name a user of its own, or remove "
+                "'user' so that the host gives the plugin a uid of its own",
+                source=source,
+                plugin=plugin,
+                key="user",
+            )
+        if uid == shared_default or allow_shared_users:
+            continue
+        first = named_by.setdefault(uid, plugin)
+        if first != plugin:
+            raise PolicyError(
+                f"user {user!r} (uid {uid}) is also the user of plugin "
+                f"{first!r}, so the two plugins would share one uid and "
+                "the kernel's per-uid checks (file owners, pathname "
+                "sockets, RLIMIT_NPROC) would not separate them; give "
+                "each plugin a user of its own, or pass "
+                "allow_shared_users=True to the host to accept that",
+                source=source,
+                plugin=plugin,
+                key="user",
+            )
 
 
 def _lookup(user: str | int) -> pwd.struct_passwd:

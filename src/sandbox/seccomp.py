@@ -48,6 +48,12 @@ __all__ = [
 
 _STAGE: Final = "seccomp"
 
+# Leaving the worker's process group, which the host kills with killpg()
+# to end the worker and every process it started.  The launcher calls
+# setsid() before it installs the filter.  They fail with EPERM in observe
+# mode too.
+_GROUP_LEAVING_SYSCALLS: Final = ("setsid", "setpgid")
+
 # Denied outright.  Names that do not exist on the native architecture
 # (iopl and ioperm exist only on x86, for example) are skipped.
 _DENIED_SYSCALLS: Final = (
@@ -141,10 +147,7 @@ _DENIED_SYSCALLS: Final = (
     # Memory in a memfd counts against RLIMIT_AS only while it is mapped.
     # The host creates any shared memory a worker needs and passes the fd.
     "memfd_create",
-    # Leaving the worker's process group, which the host kills with
-    # killpg().  The launcher calls setsid() before it installs the filter.
-    "setsid",
-    "setpgid",
+    *_GROUP_LEAVING_SYSCALLS,
 )
 
 # Mount-family system calls newer than the syscall table of libseccomp
@@ -296,8 +299,11 @@ class FilterSpec:
     With ``log_only`` true, every rule that would fail a call with EPERM
     logs the call instead (SECCOMP_RET_LOG) and lets it run, so the
     kernel writes one audit record per call the program would deny. The
-    ENOSYS rules and the kill on a foreign architecture stay. Observe
-    mode uses it, and it protects nothing.
+    ENOSYS rules and the kill on a foreign architecture stay, and so do
+    the EPERM rules of setsid() and setpgid(), without an audit record:
+    a process that left the worker's process group would outlive the
+    killpg() that ends the worker. Observe mode uses it, and apart from
+    those rules it protects nothing.
     """
 
     network: bool = False
@@ -345,7 +351,7 @@ def build_filter(spec: FilterSpec) -> SeccompProgram:
     arch = _native_arch()
     context = _new_filter()
     if spec.log_only:
-        context = _LogInsteadOfDeny(context)
+        context = _LogInsteadOfDeny(context, _GROUP_LEAVING_SYSCALLS)
     denied = [
         *_deny_syscalls(context, _DENIED_SYSCALLS),
         *_deny_newer_syscalls(context),
@@ -465,16 +471,25 @@ class _LogInsteadOfDeny:
 
     The ENOSYS rules are left alone: the one for clone3 keeps glibc on
     clone(), whose flags the rules can read, and no policy can allow the
-    unreviewed numbers anyway.
+    unreviewed numbers anyway. So are the EPERM rules of ``kept_denied``:
+    a filter returns one action per call, so those calls are not logged.
     """
 
-    def __init__(self, context: pyseccomp.SyscallFilter) -> None:
+    def __init__(
+        self, context: pyseccomp.SyscallFilter, kept_denied: Iterable[str]
+    ) -> None:
         self._context = context
+        self._kept_denied = {
+            number
+            for number in map(_native_number, kept_denied)
+            if number is not None
+        }
 
     def add_rule(
         self, action: int, number: int, *conditions: pyseccomp.Arg
     ) -> None:
-        if action == pyseccomp.ERRNO(errno.EPERM):
+        denies = action == pyseccomp.ERRNO(errno.EPERM)
+        if denies and number not in self._kept_denied:
             action = pyseccomp.LOG
         self._context.add_rule(action, number, *conditions)
 
