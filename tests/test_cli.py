@@ -9,9 +9,13 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,7 @@ import pytest
 
 import sandbox
 from conftest import PluginWriter
-from sandbox import Policy, cli, landlock, verify
+from sandbox import Policy, demo, landlock, verify
 from sandbox.cli import main
 from sandbox.uids import DEFAULT_PLUGIN_UIDS, assign_plugin_uids
 
@@ -33,6 +37,9 @@ STATUSES = {"enforced", "available", "missing"}
 WIDTH = 79
 
 PLUGIN_OPTIONS = ["--plugins", PLUGINS, "--policy", POLICIES]
+
+
+pytestmark = pytest.mark.usefixtures("example_folders")
 
 
 def run(
@@ -412,7 +419,7 @@ def attempt(**fields: Any) -> dict[str, Any]:
 
 
 def test_judge_flags_successful_attack() -> None:
-    verdict, confirmed = cli.judge_attempt(
+    verdict, confirmed = demo.judge_attempt(
         attempt(
             succeeded=True,
             error=None,
@@ -425,7 +432,7 @@ def test_judge_flags_successful_attack() -> None:
 
 
 def test_judge_rejects_wrong_errno() -> None:
-    verdict, confirmed = cli.judge_attempt(
+    verdict, confirmed = demo.judge_attempt(
         attempt(
             succeeded=False,
             error="EPERM",
@@ -437,7 +444,7 @@ def test_judge_rejects_wrong_errno() -> None:
 
 
 def test_judge_accepts_matching_errno() -> None:
-    verdict, confirmed = cli.judge_attempt(
+    verdict, confirmed = demo.judge_attempt(
         attempt(
             succeeded=False,
             error="CapabilityDenied: capability 'shell' is not granted",
@@ -452,12 +459,241 @@ def test_demo_creates_notification_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = tmp_path / "notifications"
-    monkeypatch.setattr(cli, "NOTIFICATION_FOLDER", str(folder))
-    cli.prepare_notification_folder()
+    monkeypatch.setattr(demo, "NOTIFICATION_FOLDER", str(folder))
+    demo.prepare_notification_folder()
     info = folder.stat()
     uids = assign_plugin_uids(["notification"], DEFAULT_PLUGIN_UIDS)
     owner = uids["notification"] if IS_ROOT else os.getuid()
     assert info.st_mode & 0o7777 == 0o755
     assert info.st_uid == owner
-    note = cli.prepare_notification_folder()
+    note = demo.prepare_notification_folder()
     assert "exists and is left as it is" in note
+
+
+# -- demo: the uploader plugin -----------------------------------------------
+
+LOOPBACK = "127.0.0.1"
+UPLOADER_DENIALS = {
+    "read_path": "stopped (CapabilityDenied) by capability broker",
+    "connect_port": "stopped (EACCES) by Landlock (TCP port allowlist)",
+    "send_datagram": "stopped (EPERM) by seccomp (socket families)",
+}
+
+
+@pytest.fixture
+def upload_token() -> str:
+    return "token-" + secrets.token_hex(16)
+
+
+def run_demo(policy: str, token: str) -> int:
+    return demo.run_demo([PLUGINS], policy, upload_token=token)
+
+
+def uploader_results(output: str) -> dict[str, str]:
+    """Map each method the uploader section tried to its result text.
+
+    Wrapped result lines are joined, and audit lines are left out.
+    """
+    start = output.index("\nuploader: ")
+    section = output[start : output.index("\naudit events:", start)]
+    results: dict[str, str] = {}
+    method, in_result = "", False
+    for line in section.splitlines():
+        if line.startswith("  tried:"):
+            method = line.split()[1].split("(", 1)[0]
+            in_result = False
+        elif line.startswith("  result:"):
+            results[method] = line.removeprefix("  result:").strip()
+            in_result = True
+        elif in_result and line.startswith(" " * 10):
+            results[method] += " " + line.strip()
+        else:
+            in_result = False
+    return results
+
+
+def expected_report() -> bytes:
+    """The report that the uploader writes for the demo's input file."""
+    data = demo.INPUT_TEXT.encode()
+    line_count = data.count(b"\n")
+    return (
+        f"{demo.INPUT_FILE}: {line_count} lines, {len(data)} bytes\n".encode()
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def policy_with_ports(folder: Path, ports: list[int]) -> str:
+    """Copy the example policy with the uploader's network set to ``ports``."""
+    text = Path(POLICIES).read_text()
+    listed = f"network = [{demo.UPLOAD_PORT}]"
+    assert text.count(listed) == 1
+    path = folder / "policies.toml"
+    path.write_text(text.replace(listed, f"network = {ports}"))
+    return str(path)
+
+
+def test_demo_uploader_writes_and_uploads(
+    capsys: pytest.CaptureFixture[str], upload_token: str
+) -> None:
+    status = run_demo(POLICIES, upload_token)
+    out = capsys.readouterr().out
+    assert status == 0, out
+    results = uploader_results(out)
+    report = Path(demo.FILES_FOLDER, demo.REPORT_FOLDER, demo.REPORT_FILE)
+    assert report.read_bytes() == expected_report()
+    assert (
+        f"wrote the {len(expected_report())}-byte report"
+        in (results["write_report"])
+    )
+    assert results["upload"].startswith("HTTP 201:")
+    assert "with the right token" in results["upload"]
+    assert too_wide(out) == []
+
+
+def test_demo_uploader_denials(
+    capsys: pytest.CaptureFixture[str], upload_token: str
+) -> None:
+    status = run_demo(POLICIES, upload_token)
+    out = capsys.readouterr().out
+    assert status == 0, out
+    results = uploader_results(out)
+    for method, verdict in UPLOADER_DENIALS.items():
+        assert results[method] == verdict, method
+    assert "audit: capability_denied uploader capability=read_file" in out
+
+
+def test_demo_uploader_redacts_token(
+    capfd: pytest.CaptureFixture[str], upload_token: str
+) -> None:
+    status = run_demo(POLICIES, upload_token)
+    out, err = capfd.readouterr()
+    assert status == 0, out + err
+    redacted = uploader_results(out)["fail_with_token"]
+    assert redacted.startswith("the host shows the token as [redacted]")
+    assert "the server rejected token [redacted]" in redacted
+    assert upload_token not in out
+    assert upload_token not in err
+    assert "secret=UPLOAD_TOKEN" in out
+
+
+def test_demo_fails_when_port_not_denied(
+    capsys: pytest.CaptureFixture[str],
+    upload_token: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = free_port()
+    policy = policy_with_ports(tmp_path, [port, demo.UNLISTED_PORT])
+    monkeypatch.setattr(demo, "UPLOAD_PORT", port)
+    status = run_demo(policy, upload_token)
+    out = capsys.readouterr().out
+    results = uploader_results(out)
+    assert status == 1
+    assert results["connect_port"].startswith("stopped (ECONNREFUSED)")
+    assert "not confirmed" in results["connect_port"]
+    assert results["upload"].startswith("HTTP 201:")
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """Listen on a free loopback port, closing every connection at once."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((LOOPBACK, 0))
+    listener.listen()
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def close_connections() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            connection.close()
+
+    thread = threading.Thread(target=close_connections, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    listener.close()
+
+
+def test_demo_reports_busy_upload_port(
+    capsys: pytest.CaptureFixture[str],
+    upload_token: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    busy_port: int,
+) -> None:
+    policy = policy_with_ports(tmp_path, [busy_port])
+    monkeypatch.setattr(demo, "UPLOAD_PORT", busy_port)
+    status = run_demo(policy, upload_token)
+    out = capsys.readouterr().out
+    assert status == 1
+    assert f"cannot listen on {LOOPBACK}:{busy_port}" in flat(out)
+    assert uploader_results(out)["upload"].startswith("FAILED:")
+
+
+def test_files_folders_created_private(tmp_path: Path) -> None:
+    base = tmp_path / "files"
+    note = demo.prepare_files_folders(str(base))
+    assert note.startswith(f"Created {base}")
+    uploader = demo.plugin_identity("uploader")
+    report_owner = os.geteuid() if uploader is None else uploader.uid
+    owners = {
+        base: os.geteuid(),
+        base / "input": os.geteuid(),
+        base / "reports": report_owner,
+    }
+    for folder, owner in owners.items():
+        info = folder.lstat()
+        assert info.st_uid == owner, folder
+        assert info.st_mode & 0o022 == 0, folder
+    assert (base / "input" / demo.INPUT_FILE).read_text() == demo.INPUT_TEXT
+    stale = base / "reports" / demo.REPORT_FILE
+    stale.write_text("from an earlier run")
+    note = demo.prepare_files_folders(str(base))
+    assert note.startswith(f"{base} exists")
+    assert not stale.exists()
+
+
+def make_symlink(base: Path) -> None:
+    target = base.parent / "elsewhere"
+    target.mkdir()
+    base.symlink_to(target)
+
+
+def make_group_writable(base: Path) -> None:
+    base.mkdir()
+    base.chmod(0o775)
+
+
+def make_owned_by_nobody(base: Path) -> None:
+    base.mkdir()
+    os.chown(base, 65534, 65534)
+
+
+FOREIGN_FOLDERS = [make_symlink, make_group_writable]
+if IS_ROOT:
+    FOREIGN_FOLDERS.append(make_owned_by_nobody)
+
+
+@pytest.mark.parametrize(
+    "make_folder", FOREIGN_FOLDERS, ids=lambda make: make.__name__
+)
+def test_files_folders_reject_foreign(
+    tmp_path: Path, make_folder: Any
+) -> None:
+    base = tmp_path / "files"
+    make_folder(base)
+    with pytest.raises(FileExistsError, match="remove it"):
+        demo.prepare_files_folders(str(base))
+    assert not (base / "input").exists()

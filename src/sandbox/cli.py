@@ -1,7 +1,8 @@
 """The ``sandbox`` command: verify, call, demo and bench.
 
-Each command is a thin function over the library, and the probing behind
-``verify`` lives in sandbox.verify. Output lines fit in 79 columns, and
+Each command is a thin function over the library. The probing behind
+``verify`` lives in sandbox.verify and the steps of ``demo`` in
+sandbox.demo. Output lines fit in 79 columns, and
 text that came from a plugin is escaped before it reaches the terminal.
 """
 
@@ -15,7 +16,6 @@ import platform
 import subprocess
 import sys
 import textwrap
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -24,13 +24,10 @@ from . import __version__, enforcement, verify
 from .errors import PluginError, SandboxError
 from .host import PluginHost
 from .policy import DEFAULT_RESOURCES, Policy, PolicySet
-from .runtime import resolve_identity
-from .uids import DEFAULT_PLUGIN_UIDS, plan_plugin_uids
 
 WIDTH = 79
 DEFAULT_PLUGIN_DIR = os.path.join("examples", "plugins")
 DEFAULT_POLICY = os.path.join("examples", "policies.toml")
-NOTIFICATION_FOLDER = "/tmp/notifications"
 # Key of the needs of plugins without a table of their own.
 DEFAULTS = "[defaults]"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -581,278 +578,13 @@ def find_benchmark_suite() -> str:
 
 # -- sandbox demo ------------------------------------------------------------
 
-# The error each mechanism gives, to check the plugin's claim of what
-# stopped an attack against what actually happened.
-MECHANISM_ERRORS = {
-    "file permissions + Landlock": "EACCES",
-    "Landlock (filesystem allowlist)": "EACCES",
-    "seccomp (socket families)": "EPERM",
-    "seccomp (ptrace denied)": "EPERM",
-    "seccomp (namespaces denied)": "EPERM",
-    "uid drop + no capabilities": "EPERM",
-    "uid drop + Landlock signal scope": "EPERM",
-    "setsid (no controlling terminal)": "ENXIO",
-    "capability broker": "CapabilityDenied",
-    "RLIMIT_AS": "MemoryError",
-    "RLIMIT_NPROC": "EAGAIN",
-}
-
 
 def demo_command(args: argparse.Namespace) -> int:
     """Run the example plugins and explain each outcome."""
-    plugin_dirs = _plugin_dirs(args.plugins)
-    # Created before the policy loads, because the policy names the
-    # folder and a policy path must exist.
-    folder_note = prepare_notification_folder()
-    policies = _load_policies(args.policy)
-    events: Counter[str] = Counter()
-    _print_wrapped(
-        "sandbox demo: each plugin runs in its own worker process under "
-        f"its policy from {policies.source}."
-    )
-    _print_wrapped(folder_note)
-    with PluginHost(plugin_dirs, policies, max_workers=5) as host:
-        host.subscribe(lambda event: _show_audit_event(event, events))
-        outcomes = [step(host) for step in _DEMO_STEPS]
-    print()
-    summary = ", ".join(f"{count} {name}" for name, count in events.items())
-    _print_wrapped(f"audit events: {summary or 'none'}")
-    return EXIT_OK if all(outcomes) else EXIT_FAILED
+    # Imported here because sandbox.demo imports this module's helpers.
+    from .demo import run_demo
 
-
-# Fields the demo shows of each audit event, when present.
-AUDIT_FIELDS = (
-    "pid",
-    "uid",
-    "capability",
-    "layer",
-    "limit",
-    "syscall_name",
-    "syscall",
-    "reported_by",
-    "seconds",
-    "reason",
-)
-
-
-def _show_audit_event(event: Mapping[str, Any], counts: Counter[str]) -> None:
-    """Print one audit event on one line and count it by name."""
-    name = str(event.get("event"))
-    counts.update([name])
-    shown = [f"{name} {event.get('plugin')}"]
-    report = event.get("enforcement")
-    if isinstance(report, dict):
-        gaps = [
-            layer
-            for layer, entry in report.get("layers", {}).items()
-            if entry.get("status") == "not_enforced"
-        ]
-        shown.append(f"gaps={','.join(gaps) or 'none'}")
-    for key in AUDIT_FIELDS:
-        if event.get(key) is not None:
-            # /proc shows four uids; the first, the real uid, is enough.
-            value = str(event[key]).split("\t", 1)[0]
-            shown.append(f"{key}={value}")
-    line = _escape(" ".join(shown), limit=WIDTH - len("  audit: "))
-    print(f"  audit: {line}")
-
-
-def prepare_notification_folder() -> str:
-    """Create the notification plugin's folder if missing; return a note.
-
-    The folder gets mode 0755 and, on a root host, the uid and gid that a
-    PluginHost with the default plugin_uids gives the plugin named
-    notification, so that its worker can write there and other users
-    cannot. A sticky world-writable folder would let any local user
-    create the log file first and read what the plugin appends to it.
-    """
-    as_root = os.geteuid() == 0
-    # The demo host gives the plugin this uid too, unless the name of a
-    # plugin that sorts before it hashes to the same uid. Then the worker
-    # cannot write here, and the demo shows that error.
-    plugin_uid = plan_plugin_uids(
-        ["notification"], DEFAULT_PLUGIN_UIDS, as_root=as_root
-    ).get("notification")
-    identity = resolve_identity(None, as_root=as_root, plugin_uid=plugin_uid)
-    try:
-        os.mkdir(NOTIFICATION_FOLDER, 0o755)
-    except FileExistsError:
-        folder_uid = os.lstat(NOTIFICATION_FOLDER).st_uid
-        if identity is not None and folder_uid != identity.uid:
-            return (
-                f"{NOTIFICATION_FOLDER} exists and is left as it is, but "
-                f"its owner is uid {folder_uid}, not the plugin's uid "
-                f"{identity.uid}, so the plugin cannot write there. Remove "
-                "it to let the demo create it again."
-            )
-        return f"{NOTIFICATION_FOLDER} exists and is left as it is."
-    # O_NOFOLLOW, so that a symlink put in its place is never followed.
-    fd = os.open(
-        NOTIFICATION_FOLDER, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-    )
-    try:
-        os.fchmod(fd, 0o755)
-        if identity is not None:
-            os.fchown(fd, identity.uid, identity.gid)
-    finally:
-        os.close(fd)
-    owner = f"uid {identity.uid}" if identity else "this user"
-    return f"Created {NOTIFICATION_FOLDER} (mode 0755, owned by {owner})."
-
-
-def _demo_notification(host: PluginHost) -> bool:
-    _print_plugin_header(host, "notification")
-    params = {"message": "Build completed", "level": "info"}
-    _print_field("tried", _show_call("send_alert", params))
-    result, error = _call(host, "notification", "send_alert", params)
-    if error is not None:
-        _print_field("result", error)
-        return False
-    logged = result.get("logged_to") if isinstance(result, dict) else None
-    _print_field("result", f"delivered; logged to {_escape(logged)}")
-    for notification in host.notifications:
-        _print_field(
-            "host",
-            f"received [{_escape(notification.level)}] "
-            f"{_escape(notification.message)}",
-        )
-    return True
-
-
-def _demo_env_protection(host: PluginHost) -> bool:
-    plugin = "env-protection"
-    _print_plugin_header(host, plugin)
-    _print_field("tried", _show_call("visible_environment", {}))
-    result, error = _call(host, plugin, "visible_environment", {})
-    if error is not None:
-        _print_field("result", error)
-        return False
-    names = sorted(result) if isinstance(result, dict) else []
-    _print_field(
-        "result",
-        f"sees {_escape(', '.join(names)) or 'nothing'} ({len(names)} of "
-        f"the host's {len(os.environ)} variables)",
-    )
-    succeeded = True
-    for variable in ("HOME", "PATH"):
-        params = {"name": variable}
-        _print_field("tried", _show_call("read_variable", params))
-        result, error = _call(host, plugin, "read_variable", params)
-        succeeded &= error is None
-        _print_field("result", error or _describe_read(result))
-    return succeeded
-
-
-def _describe_read(result: Any) -> str:
-    if not isinstance(result, dict):
-        return f"unexpected result {_escape(result)}"
-    if result.get("denied"):
-        return f"denied: {_escape(result['denied'])}"
-    return f"allowed, value {_escape(repr(result.get('value')))}"
-
-
-def _demo_markdown(host: PluginHost) -> bool:
-    plugin = "markdown-render"
-    _print_plugin_header(host, plugin)
-    params = {"text": "# Sandboxed\n\nRendered *inside* a worker."}
-    _print_field("tried", _show_call("to_html", params))
-    result, error = _call(host, plugin, "to_html", params)
-    if error is not None:
-        _print_field("result", error)
-        return False
-    html = result.get("html") if isinstance(result, dict) else result
-    version = (
-        result.get("markdown_version") if isinstance(result, dict) else ""
-    )
-    _print_field("result", f"{_escape(html)} (Markdown {_escape(version)})")
-    return True
-
-
-def _demo_hostile(host: PluginHost) -> bool:
-    plugin = "hostile"
-    _print_plugin_header(host, plugin)
-    _print_field("tried", "attempt_all(): every attack of its threat list")
-    attempts, error = _call(host, plugin, "attempt_all", {})
-    if error is not None:
-        _print_field("result", error)
-        return False
-    if not isinstance(attempts, list):
-        _print_field("result", f"unexpected result {_escape(attempts)}")
-        return False
-    confirmed = 0
-    for attempt in attempts:
-        verdict, claim_confirmed = judge_attempt(attempt)
-        confirmed += claim_confirmed
-        threat = attempt.get("threat") if isinstance(attempt, dict) else None
-        _print_wrapped(
-            f"{_escape(threat, limit=60)}: {verdict}", indent=2, hanging=2
-        )
-    _print_field(
-        "result",
-        f"{confirmed} of {len(attempts)} attacks stopped, each by the "
-        "mechanism it names",
-    )
-    return confirmed == len(attempts)
-
-
-def judge_attempt(attempt: object) -> tuple[str, bool]:
-    """Check one hostile attempt and return (verdict, claim confirmed).
-
-    The claim is confirmed when the attempt failed with the error that
-    the mechanism it names produces. Anything else fails, a malformed
-    attempt included.
-    """
-    if not isinstance(attempt, dict):
-        return f"NOT STOPPED? unexpected entry {_escape(attempt)}", False
-    if attempt.get("succeeded") is not False:
-        detail = _escape(attempt.get("detail"), limit=200)
-        return f"NOT STOPPED: the attack succeeded ({detail})", False
-    observed = str(attempt.get("error")).split(":", 1)[0]
-    claimed = str(attempt.get("stopped_by"))
-    expected = MECHANISM_ERRORS.get(claimed)
-    if expected is None:
-        return (
-            f"stopped ({_escape(observed)}), but by no known mechanism: "
-            f"{_escape(claimed)}",
-            False,
-        )
-    if observed != expected:
-        return (
-            f"stopped ({_escape(observed)}), but {claimed} would give "
-            f"{expected}: the claim is not confirmed",
-            False,
-        )
-    return f"stopped ({observed}) by {claimed}", True
-
-
-_DEMO_STEPS: tuple[Callable[[PluginHost], bool], ...] = (
-    _demo_notification,
-    _demo_env_protection,
-    _demo_markdown,
-    _demo_hostile,
-)
-
-
-def _call(
-    host: PluginHost, plugin: str, method: str, params: dict[str, Any]
-) -> tuple[Any, str | None]:
-    """Return (result, None), or (None, a failure line) on SandboxError."""
-    try:
-        return host.execute_plugin(plugin, method, params), None
-    except SandboxError as error:
-        return None, f"FAILED: {_escape(error)}"
-
-
-def _print_plugin_header(host: PluginHost, plugin: str) -> None:
-    print()
-    manifest = host.plugins.get(plugin)
-    description = manifest.description if manifest else "not found"
-    _print_wrapped(f"{plugin}: {_escape(description)}")
-
-
-def _show_call(method: str, params: Mapping[str, Any]) -> str:
-    arguments = ", ".join(f"{k}={json.dumps(v)}" for k, v in params.items())
-    return f"{method}({arguments})"
+    return run_demo(_plugin_dirs(args.plugins), args.policy)
 
 
 # -- formatting --------------------------------------------------------------
