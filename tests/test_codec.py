@@ -392,6 +392,15 @@ def test_fast_walk_leaves_non_json_to_stdlib(value: Any) -> None:
     assert sandbox.channel._count_binary_if_plain({"v": [value]}) is None
 
 
+@fast_path
+@pytest.mark.parametrize(
+    "value", ["x" * 4096, b"x" * 4096, ["x" * 2048, b"x" * 2048]]
+)
+def test_encode_rejects_size_floor_over_limit(value: Any) -> None:
+    with pytest.raises(ProtocolError, match="at least 4096 bytes"):
+        encode({"v": value}, max_bytes=4000)
+
+
 def test_encode_reports_nan_as_stdlib_does() -> None:
     with pytest.raises(ProtocolError, match="not JSON compliant"):
         encode({"x": [1.0, math.nan]})

@@ -88,6 +88,9 @@ FAULTY_SOURCE = """
         os._exit(0)
 
 
+    def large_text(megabytes):
+        return "x" * (megabytes << 20)
+
     def allocate_at_once(megabytes):
         return len(bytearray(megabytes << 20))
 
@@ -132,6 +135,7 @@ FAULTY_METHODS = [
     "exit_zero_at_once",
     "allocate_at_once",
     "allocate_in_chunks",
+    "large_text",
     "spin",
     "spin_ignoring_sigxcpu",
     "sleep",
@@ -304,6 +308,20 @@ def test_memory_limit_fails_the_call(
     growth = psutil.Process().memory_info().rss - rss_before
     assert growth < 16 * MIB
     assert host.execute_plugin("faulty", "echo", {"a": 1}) == {"a": 1}
+
+
+def test_oversized_result_near_memory_limit_fails_cleanly(
+    make_host: HostFactory, faulty: Path
+) -> None:
+    # Encoding a third of the address space limit as JSON would need more
+    # memory than is left; the size check must come first, not a crash.
+    host = make_host(LIMITS)
+    worker_pid = host.execute_plugin("faulty", "pid")
+    with pytest.raises(SandboxError) as caught:
+        host.execute_plugin("faulty", "large_text", {"megabytes": 20})
+    assert not isinstance(caught.value, PluginCrashed)
+    assert "exceeds the maximum" in str(caught.value)
+    assert host.execute_plugin("faulty", "pid") == worker_pid
 
 
 def test_cpu_limit_stops_busy_loop(

@@ -321,18 +321,19 @@ _STR_ONLY = frozenset({str})
 _EXACT_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
-def encode(message: Mapping[str, Any]) -> bytes:
+def encode(message: Mapping[str, Any], max_bytes: int | None = None) -> bytes:
     """Encode a message as one frame payload: compact UTF-8 JSON, followed
     by binary attachments when the message contains bytes-like values.
 
     Raises ProtocolError for values JSON cannot carry: NaN and infinities,
     lone surrogates, keys that are not strings, the reserved key "$bytes",
     non-JSON types, cycles and nesting deeper than MAX_DEPTH (a binary
-    marker counts as one level).
+    marker counts as one level). With ``max_bytes``, a message whose
+    strings and bytes alone exceed it is rejected before any encoding.
     """
     if type(message) is dict:
         if _FAST_ENCODE:
-            payload = _encode_fast(message)
+            payload = _encode_fast(message, max_bytes)
             if payload is not None:
                 return payload
     elif not isinstance(message, Mapping):
@@ -475,7 +476,9 @@ _CONTAINERS = frozenset({dict, list, tuple})
 _BINARY_TYPES = frozenset({bytes, bytearray, memoryview})
 
 
-def _encode_fast(message: dict[str, Any]) -> bytes | None:
+def _encode_fast(
+    message: dict[str, Any], max_bytes: int | None
+) -> bytes | None:
     """Encode with orjson, or return None to leave the message to
     _encode_stdlib().
 
@@ -484,10 +487,21 @@ def _encode_fast(message: dict[str, Any]) -> bytes | None:
     accepts (int subclasses, integers beyond 64 bits). So a walk first
     admits only plain JSON values, and only MAX_DEPTH levels of them
     before orjson recurses.
+
+    The walk also sums the lengths of strings and bytes, a floor of the
+    payload's size. orjson 3.13 crashes the process with SIGSEGV when
+    its output buffer cannot grow, as under a worker's RLIMIT_AS, so an
+    oversized message is rejected before orjson allocates anything.
     """
-    binary_count = _count_binary_if_plain(message)
-    if binary_count is None:
+    plain = _count_binary_if_plain(message)
+    if plain is None:
         return None
+    binary_count, size_floor = plain
+    if max_bytes is not None and size_floor > max_bytes:
+        raise ProtocolError(
+            f"message of at least {size_floor} bytes exceeds the maximum "
+            f"of {max_bytes}"
+        )
     try:
         if binary_count == 0:
             return orjson.dumps(message, option=_ORJSON_OPTIONS)
@@ -502,12 +516,16 @@ def _encode_fast(message: dict[str, Any]) -> bytes | None:
     return _binary_frame(text, attachments)
 
 
-def _count_binary_if_plain(message: dict[str, Any]) -> int | None:
-    """Return the number of bytes-like values in ``message``, or None
-    unless it is a tree of exact JSON types with finite floats, no
-    reserved key and at most MAX_DEPTH levels of nesting.
+def _count_binary_if_plain(
+    message: dict[str, Any],
+) -> tuple[int, int] | None:
+    """Return the number of bytes-like values in ``message`` and the sum
+    of the lengths of its string and bytes-like values, or None unless
+    it is a tree of exact JSON types with finite floats, no reserved key
+    and at most MAX_DEPTH levels of nesting.
     """
     binary_count = 0
+    size_floor = 0
     level: list[Any] = [message]
     for depth in range(1, MAX_DEPTH + 1):
         nested: list[Any] = []
@@ -519,6 +537,9 @@ def _count_binary_if_plain(message: dict[str, Any]) -> int | None:
                 values = container.values()
             for value in values:
                 kind = type(value)
+                if kind is str:
+                    size_floor += len(value)
+                    continue
                 if kind in _PLAIN_SCALARS:
                     continue
                 if kind is float:
@@ -530,10 +551,11 @@ def _count_binary_if_plain(message: dict[str, Any]) -> int | None:
                 elif kind in _BINARY_TYPES and depth < MAX_DEPTH:
                     # The marker object that replaces it is one level more.
                     binary_count += 1
+                    size_floor += len(value)
                 else:
                     return None
         if not nested:
-            return binary_count
+            return binary_count, size_floor
         level = nested
     return None
 
@@ -1443,7 +1465,7 @@ class Channel:
         self.close()
 
     def _send(self, message: dict[str, Any], timeout: float | None) -> None:
-        payload = encode(message)
+        payload = encode(message, self._max_message_bytes)
         if len(payload) > self._max_message_bytes:
             raise ProtocolError(
                 f"message of {len(payload)} bytes exceeds the maximum of "

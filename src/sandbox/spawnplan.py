@@ -147,7 +147,7 @@ def plan_worker(config: WorkerConfig) -> WorkerPlan:
         landlock_fd=ruleset_fd,
         seccomp_bpf=_seccomp_program(config.policy) if kernel_layers else b"",
     )
-    if config.observe:
+    if config.observe and kernel_layers:
         request = observe_request(request)
     return WorkerPlan(
         request=request,
