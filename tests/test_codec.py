@@ -397,8 +397,23 @@ def test_fast_walk_leaves_non_json_to_stdlib(value: Any) -> None:
     "value", ["x" * 4096, b"x" * 4096, ["x" * 2048, b"x" * 2048]]
 )
 def test_encode_rejects_size_floor_over_limit(value: Any) -> None:
-    with pytest.raises(ProtocolError, match="at least 4096 bytes"):
+    # 4096 characters or bytes, and the key "v".
+    with pytest.raises(ProtocolError, match="at least 4097 bytes"):
         encode({"v": value}, max_bytes=4000)
+
+
+@fast_path
+@pytest.mark.parametrize(
+    ("text", "to_orjson"),
+    [("a" * 3900, True), ('"' * 2000, False), ("\x01" * 700, False)],
+)
+def test_fast_encode_only_below_size_ceiling(
+    text: str, to_orjson: bool
+) -> None:
+    # Past the ceiling the standard library encodes, which raises
+    # MemoryError where orjson would crash the process.
+    payload = sandbox.channel._encode_fast({"v": text}, 4000)
+    assert (payload is not None) is to_orjson
 
 
 def test_encode_reports_nan_as_stdlib_does() -> None:

@@ -92,6 +92,10 @@ class PeerGone(Exception):
     """The peer closed its end, reset the connection or a wake fd fired."""
 
 
+class MessageTooLarge(ProtocolError):
+    """A message to send is larger than max_message_bytes."""
+
+
 class ChannelBroken(ProtocolError):
     """The transport cannot send another frame: the peer corrupted it, or
     an earlier send stopped inside a frame."""
@@ -329,7 +333,8 @@ def encode(message: Mapping[str, Any], max_bytes: int | None = None) -> bytes:
     lone surrogates, keys that are not strings, the reserved key "$bytes",
     non-JSON types, cycles and nesting deeper than MAX_DEPTH (a binary
     marker counts as one level). With ``max_bytes``, a message whose
-    strings and bytes alone exceed it is rejected before any encoding.
+    strings, keys and bytes alone exceed it is rejected before any
+    encoding.
     """
     if type(message) is dict:
         if _FAST_ENCODE:
@@ -488,20 +493,24 @@ def _encode_fast(
     admits only plain JSON values, and only MAX_DEPTH levels of them
     before orjson recurses.
 
-    The walk also sums the lengths of strings and bytes, a floor of the
-    payload's size. orjson 3.13 crashes the process with SIGSEGV when
-    its output buffer cannot grow, as under a worker's RLIMIT_AS, so an
-    oversized message is rejected before orjson allocates anything.
+    orjson 3.13 crashes the process with SIGSEGV when its output buffer
+    cannot grow, as under a worker's RLIMIT_AS. So the walk also bounds
+    the payload's size from below and above. A message whose floor
+    exceeds ``max_bytes`` is rejected before anything is allocated. One
+    whose ceiling exceeds it goes to the standard library, which raises
+    MemoryError where orjson would crash.
     """
     plain = _count_binary_if_plain(message)
     if plain is None:
         return None
-    binary_count, size_floor = plain
+    binary_count, size_floor, size_ceiling = plain
     if max_bytes is not None and size_floor > max_bytes:
-        raise ProtocolError(
+        raise MessageTooLarge(
             f"message of at least {size_floor} bytes exceeds the maximum "
             f"of {max_bytes}"
         )
+    if max_bytes is not None and size_ceiling > max_bytes:
+        return None
     try:
         if binary_count == 0:
             return orjson.dumps(message, option=_ORJSON_OPTIONS)
@@ -516,16 +525,40 @@ def _encode_fast(
     return _binary_frame(text, attachments)
 
 
+# Bytes the JSON text may spend on one value beyond its characters: a
+# float's digits, quotes, a separator and a colon.
+_VALUE_OVERHEAD = 32
+
+
+def _text_bounds(text: str) -> tuple[int, int]:
+    """Return the lower and upper bound of the bytes JSON spends on
+    ``text``.
+
+    Printable text takes its UTF-8 bytes (one a character in ASCII, at
+    most four otherwise) plus a backslash before each quote and
+    backslash. A control character may take six (a \\u escape).
+    """
+    length = len(text)
+    if not text.isprintable():
+        return length, 6 * length + _VALUE_OVERHEAD
+    escaped = text.count('"') + text.count("\\")
+    utf8_bytes = length if text.isascii() else 4 * length
+    return length, utf8_bytes + escaped + _VALUE_OVERHEAD
+
+
 def _count_binary_if_plain(
     message: dict[str, Any],
-) -> tuple[int, int] | None:
-    """Return the number of bytes-like values in ``message`` and the sum
-    of the lengths of its string and bytes-like values, or None unless
-    it is a tree of exact JSON types with finite floats, no reserved key
-    and at most MAX_DEPTH levels of nesting.
+) -> tuple[int, int, int] | None:
+    """Return the number of bytes-like values in ``message`` and the
+    lower and upper bound of its payload's size.
+
+    Returns None unless ``message`` is a tree of exact JSON types with
+    finite floats, no reserved key and at most MAX_DEPTH levels of
+    nesting.
     """
     binary_count = 0
     size_floor = 0
+    size_ceiling = 0
     level: list[Any] = [message]
     for depth in range(1, MAX_DEPTH + 1):
         nested: list[Any] = []
@@ -534,12 +567,20 @@ def _count_binary_if_plain(
             if type(container) is dict:
                 if BINARY_KEY in container:
                     return None
+                for key in container:
+                    if type(key) is str:
+                        lower, upper = _text_bounds(key)
+                        size_floor += lower
+                        size_ceiling += upper
                 values = container.values()
             for value in values:
                 kind = type(value)
                 if kind is str:
-                    size_floor += len(value)
+                    lower, upper = _text_bounds(value)
+                    size_floor += lower
+                    size_ceiling += upper
                     continue
+                size_ceiling += _VALUE_OVERHEAD
                 if kind in _PLAIN_SCALARS:
                     continue
                 if kind is float:
@@ -552,10 +593,11 @@ def _count_binary_if_plain(
                     # The marker object that replaces it is one level more.
                     binary_count += 1
                     size_floor += len(value)
+                    size_ceiling += memoryview(value).nbytes
                 else:
                     return None
         if not nested:
-            return binary_count, size_floor
+            return binary_count, size_floor, size_ceiling
         level = nested
     return None
 
@@ -1467,7 +1509,7 @@ class Channel:
     def _send(self, message: dict[str, Any], timeout: float | None) -> None:
         payload = encode(message, self._max_message_bytes)
         if len(payload) > self._max_message_bytes:
-            raise ProtocolError(
+            raise MessageTooLarge(
                 f"message of {len(payload)} bytes exceeds the maximum of "
                 f"{self._max_message_bytes}: {_show(message)}"
             )

@@ -157,6 +157,11 @@ class Server:
             return
         try:
             self.channel.send_result(request.id, result)
+        except rpc.MessageTooLarge as error:
+            # A limit of the channel, not a fault of the plugin's code: the
+            # host raises ProtocolError for it.
+            data = {"type": "ProtocolError", "limit": "max_message_bytes"}
+            self.send_error(request.id, rpc.RESOURCE_LIMIT, str(error), data)
         except ProtocolError as error:
             self.send_error(
                 request.id, rpc.PLUGIN_ERROR, str(error), _as_data(error)
