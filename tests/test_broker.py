@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -234,13 +235,15 @@ def test_secret_listed_but_missing_denied(
     write_plugin: PluginWriter, make_host: HostFactory
 ) -> None:
     write_plugin("keeper", ATTEMPT, ["attempt"], ("get_secret",))
+    write_plugin("other", ATTEMPT, ["attempt"], ("get_secret",))
     host = make_host(
         {
             "plugins": {
                 "keeper": {
                     "capabilities": ["get_secret"],
                     "secrets": [SECRET_NAME],
-                }
+                },
+                "other": {"secrets": [SECRET_NAME]},
             }
         }
     )
@@ -332,6 +335,84 @@ def test_secret_split_by_log_window_redacted(
 def test_redact_prefers_longer_secret() -> None:
     text = redact_secrets("abc abcdef", ["abc", "abcdef"])
     assert text == "[redacted] [redacted]"
+
+
+BUILTIN_CAPABILITIES = (
+    "notify",
+    "read_env",
+    "get_secret",
+    "read_file",
+    "write_file",
+    "list_files",
+)
+
+
+@pytest.mark.parametrize("name", BUILTIN_CAPABILITIES)
+def test_builtin_capability_not_replaced(
+    write_plugin: PluginWriter, make_host: HostFactory, name: str
+) -> None:
+    write_plugin("caller", ATTEMPT, ["attempt"], (name,))
+    host = make_host({"plugins": {"caller": {"capabilities": [name]}}})
+    with pytest.raises(ValueError) as caught:
+        host.register_capability(name, lambda plugin, params: "replaced")
+    assert f"capability {name!r} is built in" in str(caught.value)
+    if name == "notify":
+        outcome = attempt(host, "caller", name, message="hi")
+        assert outcome == {"ok": None}
+        assert [n.message for n in host.notifications] == ["hi"]
+
+
+def test_custom_capability_registered_twice(
+    write_plugin: PluginWriter, make_host: HostFactory
+) -> None:
+    write_plugin("caller", ATTEMPT, ["attempt"], ("shout",))
+    host = make_host({"plugins": {"caller": {"capabilities": ["shout"]}}})
+    host.register_capability("shout", lambda plugin, params: "first")
+    host.register_capability("shout", lambda plugin, params: "second")
+    assert attempt(host, "caller", "shout") == {"ok": "second"}
+
+
+def test_secret_for_unknown_plugin_rejected(
+    write_plugin: PluginWriter, make_host: HostFactory, token: str
+) -> None:
+    write_plugin("keeper", ATTEMPT, ["attempt"], ("get_secret",))
+    host = make_host()
+    with pytest.raises(ValueError) as caught:
+        host.provide_secret("keepr", SECRET_NAME, token)
+    message = str(caught.value)
+    assert "no plugin named 'keepr'" in message
+    assert "known plugins: keeper" in message
+    assert token not in message
+
+
+def test_secret_outside_policy_logged(
+    write_plugin: PluginWriter,
+    make_host: HostFactory,
+    token: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    write_plugin("keeper", ATTEMPT, ["attempt"], ("get_secret",))
+    host = make_host(
+        {
+            "plugins": {
+                "keeper": {
+                    "capabilities": ["get_secret"],
+                    "secrets": [SECRET_NAME],
+                }
+            }
+        }
+    )
+    with caplog.at_level(logging.WARNING, logger="sandbox.host"):
+        host.provide_secret("keeper", SECRET_NAME, token)
+        host.provide_secret("keeper", "OTHER_TOKEN", token + "x")
+    records = [r for r in caplog.records if r.name == "sandbox.host"]
+    assert len(records) == 1
+    message = records[0].getMessage()
+    assert "'OTHER_TOKEN'" in message
+    assert "'keeper'" in message
+    assert token not in message
+    outcome = attempt(host, "keeper", "get_secret", name="OTHER_TOKEN")
+    assert "not in the secrets list" in outcome["denied"]
 
 
 # -- files --------------------------------------------------------------------
@@ -684,3 +765,23 @@ def test_openat2_rejects_magic_links(
         assert info.value.errno == errno.ELOOP
     finally:
         os.close(proc_fd)
+
+
+def test_file_mode_denial_names_uid(
+    file_host: tuple[PluginHost, Events], tree: dict[str, Path]
+) -> None:
+    host, _ = file_host
+    locked = tree["box"] / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o555)
+    requested = host.enforcement_report("filer")["layers"]["uid_gid"]
+    uid = requested["requested"]["uid"] if IS_ROOT else os.geteuid()
+    params = {"path": f"{locked}/report.txt", "data": b"x"}
+    outcome = attempt(host, "filer", "write_file", **params)
+    denied = outcome["denied"]
+    assert "Permission denied" in denied
+    assert f"as uid {uid};" in denied
+    assert "must be writable by that uid" in denied
+    outcome = attempt(host, "filer", "read_file", path=str(locked))
+    assert "as uid" not in outcome["denied"]
+    assert not (locked / "report.txt").exists()

@@ -25,7 +25,12 @@ import sandbox
 from conftest import PluginWriter
 from sandbox import Policy, demo, landlock, verify
 from sandbox.cli import main
-from sandbox.uids import DEFAULT_PLUGIN_UIDS, assign_plugin_uids
+from sandbox.uids import (
+    DEFAULT_PLUGIN_UIDS,
+    assign_plugin_uids,
+    plan_uids,
+    registry_location,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -172,6 +177,36 @@ def test_verify_policy_json_lists_needs(
     for name, entry in data["plugins"].items():
         assert "seccomp" in entry["needs"], name
         assert entry["missing"] == [], name
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only a root host drops the uid")
+def test_verify_policy_plans_each_plugin_uid(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, _ = run(capsys, "verify", "--json", "--policy", POLICIES)
+    assert status == 0, out
+    data = json.loads(out)
+    names = Policy.load(POLICIES).names()
+    # The registry that the command used, which now contains every name.
+    plan = plan_uids(
+        names,
+        DEFAULT_PLUGIN_UIDS,
+        as_root=True,
+        registry=registry_location(None),
+    )
+    planned = {}
+    for name in names:
+        layers = data["plugins"][name]["enforcement"]["layers"]
+        planned[name] = layers["uid_gid"]["requested"]["uid"]
+    assert planned == dict(plan.plugin_uids)
+    assert all(uid in DEFAULT_PLUGIN_UIDS for uid in planned.values())
+    assert len(set(planned.values())) == len(names)
+    defaults = data["defaults"]["enforcement"]["layers"]["uid_gid"]
+    assert defaults["requested"]["uid"] is None
+    assert defaults["requested"]["uid_range"] == [
+        DEFAULT_PLUGIN_UIDS.start,
+        DEFAULT_PLUGIN_UIDS[-1],
+    ]
 
 
 @pytest.fixture

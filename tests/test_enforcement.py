@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import pwd
 import re
 import shutil
 import struct
@@ -39,6 +40,7 @@ from sandbox.launcher import Identity
 from sandbox.policy import DEFAULT_RESOURCES
 from sandbox.process import read_kernel_status
 from sandbox.spawnplan import worker_rlimits
+from sandbox.uids import DEFAULT_PLUGIN_UIDS
 
 REPO = Path(__file__).resolve().parent.parent
 POLICIES = str(REPO / "examples" / "policies.toml")
@@ -349,6 +351,40 @@ def test_planned_report_lists_each_gap() -> None:
     }
     assert "IOCTL_DEV" in gaps["landlock"]
     assert report.layer("capabilities").status == "enforced"
+
+
+def planned_identity(**options: Any) -> dict[str, Any]:
+    policy = Policy.from_dict({}).for_plugin("p")
+    report = enforcement.planned_report(
+        "p",
+        policy,
+        DEFAULT_RESOURCES,
+        machine_without_protections(3),
+        **options,
+    )
+    identity: dict[str, Any] = report.to_dict()["layers"]["uid_gid"]
+    return identity
+
+
+def test_planned_identity_uses_plugin_uid() -> None:
+    own_uid = DEFAULT_PLUGIN_UIDS.start + 7
+    layer = planned_identity(plugin_uid=own_uid)
+    assert layer["requested"]["uid"] == own_uid
+    assert layer["requested"]["gid"] == own_uid
+    assert f"uid {own_uid}, gid {own_uid}" in layer["summary"]["requested"]
+
+
+def test_planned_identity_shows_uid_range() -> None:
+    layer = planned_identity(uid_range=DEFAULT_PLUGIN_UIDS)
+    last = DEFAULT_PLUGIN_UIDS[-1]
+    assert layer["requested"]["uid"] is None
+    assert layer["requested"]["uid_range"] == [DEFAULT_PLUGIN_UIDS.start, last]
+    assert f"{last:#x}" in layer["summary"]["requested"]
+
+
+def test_planned_identity_without_uids_is_nobody() -> None:
+    layer = planned_identity()
+    assert layer["requested"]["uid"] == pwd.getpwnam("nobody").pw_uid
 
 
 def test_planned_report_of_this_machine() -> None:

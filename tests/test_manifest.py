@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,13 @@ from typing import Any
 import pytest
 
 from sandbox.errors import PolicyError
-from sandbox.manifest import PluginManifest, discover_plugins, load_manifest
+from sandbox.manifest import (
+    PluginManifest,
+    discover_plugins,
+    folder_list,
+    load_manifest,
+    plugin_folders_in,
+)
 
 VALID: dict[str, Any] = {
     "name": "notification",
@@ -468,3 +475,53 @@ def test_discover_invalid_manifest_rejected(tmp_path: Path) -> None:
 def test_discover_rejects_single_path(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         discover_plugins(str(tmp_path))
+
+
+def test_discover_duplicate_name_logged_when_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = os.path.realpath(make_plugin(tmp_path / "first"))
+    second = os.path.realpath(make_plugin(tmp_path / "second"))
+    errors: dict[str, PolicyError] = {}
+    with caplog.at_level(logging.WARNING, logger="sandbox.manifest"):
+        found = discover_plugins(
+            [tmp_path / "first", tmp_path / "second"], errors=errors
+        )
+    assert found["notification"].folder == first
+    assert list(errors) == ["notification"]
+    records = [r for r in caplog.records if r.name == "sandbox.manifest"]
+    assert len(records) == 1
+    message = records[0].getMessage()
+    assert message.startswith(f"skipped plugin folder {second}: ")
+    assert f"{first}, found first, and {second}" in message
+
+
+def test_discover_invalid_manifest_logged_when_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_plugin(tmp_path, "good", name="good")
+    broken = make_plugin(tmp_path, "broken", methods=[])
+    other = make_plugin(tmp_path, "other", version="")
+    errors: dict[str, PolicyError] = {}
+    with caplog.at_level(logging.WARNING, logger="sandbox.manifest"):
+        found = discover_plugins([tmp_path], errors=errors)
+    assert list(found) == ["good"]
+    assert sorted(errors) == ["broken", "other"]
+    messages = [
+        r.getMessage() for r in caplog.records if r.name == "sandbox.manifest"
+    ]
+    assert len(messages) == 2
+    assert f"skipped plugin folder {os.path.realpath(broken)}" in messages[0]
+    assert f"skipped plugin folder {os.path.realpath(other)}" in messages[1]
+
+
+def test_plugin_folders_in_finds_plugin_folder(tmp_path: Path) -> None:
+    folder = make_plugin(tmp_path)
+    assert plugin_folders_in([str(folder)]) == [str(folder)]
+    assert plugin_folders_in([str(tmp_path)]) == []
+
+
+def test_folder_list_rejects_single_path(tmp_path: Path) -> None:
+    with pytest.raises(TypeError):
+        folder_list(tmp_path)
+    assert folder_list([tmp_path, "x"]) == [str(tmp_path), "x"]

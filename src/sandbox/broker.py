@@ -275,6 +275,10 @@ class CapabilityBroker:
             handler, schema, dict(audited or {})
         )
 
+    def capability_names(self) -> frozenset[str]:
+        """Return the names of the capabilities registered so far."""
+        return frozenset(self._capabilities)
+
     def __call__(
         self, plugin: str, capability: str, params: dict[str, Any]
     ) -> Any:

@@ -24,6 +24,7 @@ from . import __version__, enforcement, verify
 from .errors import PluginError, SandboxError
 from .host import PluginHost
 from .policy import DEFAULT_RESOURCES, Policy, PolicySet
+from .uids import DEFAULT_PLUGIN_UIDS, plan_uids, registry_location
 
 WIDTH = 79
 DEFAULT_PLUGIN_DIR = os.path.join("examples", "plugins")
@@ -254,10 +255,20 @@ def _planned_reports(
 
     Empty without a policy file. [defaults] stands for the plugins
     without a table. Manifests are not read, so every capability of a
-    policy counts as declared.
+    policy counts as declared. On a root machine, each plugin of the file
+    gets the uid a PluginHost with the default plugin_uids would give it,
+    which records each new plugin name in the uid registry as starting
+    that host would.
     """
     if policy_set is None:
         return {}
+    names = [name for name in needs if name != DEFAULTS]
+    uid_plan = plan_uids(
+        names,
+        DEFAULT_PLUGIN_UIDS,
+        as_root=report.as_root,
+        registry=registry_location(None),
+    )
     plans = {}
     for name in needs:
         policy = (
@@ -267,7 +278,12 @@ def _planned_reports(
         )
         resources = policy.resources.merged_over(DEFAULT_RESOURCES)
         plans[name] = enforcement.planned_report(
-            name, policy, resources, report
+            name,
+            policy,
+            resources,
+            report,
+            plugin_uid=uid_plan.plugin_uids.get(name),
+            uid_range=DEFAULT_PLUGIN_UIDS,
         )
     return plans
 

@@ -277,6 +277,9 @@ def planned_report(
     resources: Resources,
     machine: MachineReport,
     declared_capabilities: Iterable[str] | None = None,
+    *,
+    plugin_uid: int | None = None,
+    uid_range: range | None = None,
 ) -> EnforcementReport:
     """Build the report of ``plugin`` before any worker runs.
 
@@ -284,6 +287,11 @@ def planned_report(
     the Landlock layer from a ruleset built, and closed again, for the
     machine's ABI. ``declared_capabilities`` are those the plugin's
     manifest lists; None grants every capability of the policy.
+
+    On a root machine, a policy without ``user`` runs as ``plugin_uid``,
+    the plugin's own uid (sandbox.uids.plan_uids). Without one, the
+    report shows a uid of its own from ``uid_range`` (for a policy that
+    stands for many plugins), and without a range, ``nobody``.
     """
     from . import verify
 
@@ -297,7 +305,7 @@ def planned_report(
         else declared_capabilities
     )
     layers = (
-        _planned_identity(policy, machine),
+        _planned_identity(policy, machine, plugin_uid, uid_range),
         _planned_rlimits(resources, machine),
         _planned_no_new_privs(machine),
         _seccomp_layer(
@@ -428,7 +436,12 @@ def _running_no_new_privs(kernel: Mapping[str, str]) -> LayerReport:
 # -- layers of a planned worker -----------------------------------------------
 
 
-def _planned_identity(policy: Policy, machine: MachineReport) -> LayerReport:
+def _planned_identity(
+    policy: Policy,
+    machine: MachineReport,
+    plugin_uid: int | None,
+    uid_range: range | None,
+) -> LayerReport:
     from . import verify
 
     if not machine.as_root:
@@ -440,15 +453,30 @@ def _planned_identity(policy: Policy, machine: MachineReport) -> LayerReport:
             "no switch",
         )
     try:
-        identity = resolve_identity(policy.user, as_root=True)
+        identity = resolve_identity(
+            policy.user, as_root=True, plugin_uid=plugin_uid
+        )
     except SandboxError as error:
         return _layer(
             IDENTITY, {"user": policy.user}, {}, "?", "none", [str(error)]
         )
     assert identity is not None
-    # NOTE: a PluginHost with plugin_uids gives each plugin a uid of its
-    # own when the policy names no user; this shows the policy's user or
-    # nobody.
+    requested: dict[str, Any] = {
+        "uid": identity.uid,
+        "gid": identity.gid,
+        "capabilities": [],
+    }
+    summary = f"uid {identity.uid}, gid {identity.gid}, no capabilities"
+    if policy.user is None and plugin_uid is None and uid_range is not None:
+        first, last = uid_range.start, uid_range[-1]
+        requested = {
+            "uid": None,
+            "uid_range": [first, last],
+            "capabilities": [],
+        }
+        summary = (
+            f"each plugin its own uid in {first:#x}-{last:#x}, no capabilities"
+        )
     uid_drop = machine.protection(verify.UID_DROP)
     capabilities = machine.protection(verify.CAPABILITIES)
     lacking = [
@@ -458,9 +486,9 @@ def _planned_identity(policy: Policy, machine: MachineReport) -> LayerReport:
     ]
     return _layer(
         IDENTITY,
-        {"uid": identity.uid, "gid": identity.gid, "capabilities": []},
+        requested,
         {"uid_drop": uid_drop.status, "capabilities": capabilities.status},
-        f"uid {identity.uid}, gid {identity.gid}, no capabilities",
+        summary,
         f"uid drop {uid_drop.status}, bounding set {capabilities.status}",
         lacking,
     )

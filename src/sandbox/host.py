@@ -36,7 +36,12 @@ from .errors import (
 )
 from .kernelaudit import SeccompKillWatcher
 from .launcher import Identity, SpawnedProcess, SpawnRequest
-from .manifest import PluginManifest, discover_plugins
+from .manifest import (
+    PluginManifest,
+    discover_plugins,
+    folder_list,
+    plugin_folders_in,
+)
 from .platform import unsupported_reason
 from .policy import Policy, PolicySet, Resources
 from .process import WorkerProcess, WorkerStopped
@@ -148,15 +153,20 @@ class PluginHost:
             raise ValueError(
                 f"worker_timeout must be positive, got {worker_timeout}"
             )
+        _check_policies(policies)
         # "shm" (rings in shared memory), "stream" (a socketpair) or
         # "auto": shm where this machine supports it.
         self.transport = resolve_transport(transport)
         self.policies = policies if policies is not None else PolicySet.empty()
+        plugin_dirs = folder_list(plugin_dirs)
         # Invalid manifests, by folder name: calling one raises its error.
+        # discover_plugins logs a warning for each.
         self.plugin_errors: dict[str, PolicyError] = {}
         self.plugins: dict[str, PluginManifest] = discover_plugins(
             plugin_dirs, errors=self.plugin_errors
         )
+        # Plugin folders passed in place of the folder that contains them.
+        self._plugin_folders_as_dirs = plugin_folders_in(plugin_dirs)
         self.max_workers = max_workers
         self.worker_timeout = worker_timeout
         # Precedence: built-in defaults, then worker_timeout, then the
@@ -203,6 +213,7 @@ class PluginHost:
             identity_of=self._identity,
         )
         self._broker.register("notify", self._notify, schema=_NOTIFY_SCHEMA)
+        self._builtin_capabilities = self._broker.capability_names()
         self._workers: OrderedDict[str, WorkerProcess] = OrderedDict()
         self._call_locks: dict[str, threading.Lock] = {}
         # The worker that each plugin's call in progress has reached, so
@@ -326,7 +337,14 @@ class PluginHost:
         each argument name to a sandbox.broker.Argument. With a schema,
         a call whose arguments do not match it is rejected before the
         handler runs. Without one, the handler gets the params unchecked.
+        Raises ValueError for the name of a built-in capability, which
+        cannot be replaced.
         """
+        if name in self._builtin_capabilities:
+            raise ValueError(
+                f"capability {name!r} is built in and cannot be replaced; "
+                "register the handler under another name"
+            )
         self._broker.register(name, handler, schema=schema)
 
     def provide_secret(self, plugin: str, name: str, value: str) -> None:
@@ -338,8 +356,27 @@ class PluginHost:
         host replaces it with "[redacted]" in the worker's output and in
         the errors of the plugin's calls. Providing a name again replaces
         the value.
+
+        Raises ValueError for a plugin the host did not load. A ``name``
+        that the plugin's policy does not list in ``secrets`` is still
+        stored, so the value is redacted, but get_secret() denies it, and
+        a warning on the ``sandbox.host`` logger names the plugin and the
+        secret.
         """
+        if plugin not in self.plugins:
+            known = ", ".join(sorted(self.plugins)) or "none"
+            raise ValueError(
+                f"cannot provide secret {name!r}: no plugin named "
+                f"{plugin!r}; known plugins: {known}"
+            )
         self._broker.provide_secret(plugin, name, value)
+        if name not in self._policy(plugin).secrets:
+            logger.warning(
+                "secret %r provided to plugin %r is not in its policy's "
+                "secrets list, so get_secret() will deny it",
+                name,
+                plugin,
+            )
 
     def subscribe(
         self, callback: Callable[[AuditEvent], None]
@@ -391,8 +428,17 @@ class PluginHost:
             known = ", ".join(sorted(self.plugins)) or "none"
             raise PluginNotFound(
                 f"no plugin named {plugin!r}; known plugins: {known}"
+                + self._plugin_dirs_hint()
             )
         return manifest
+
+    def _plugin_dirs_hint(self) -> str:
+        """Explain a plugin folder passed where its parent belongs."""
+        return "".join(
+            f"; {folder} contains a plugin.toml itself, so pass its "
+            "parent folder in plugin_dirs"
+            for folder in self._plugin_folders_as_dirs
+        )
 
     def _call_lock(self, plugin: str) -> threading.Lock:
         # Locks are never removed, so one that exists is found without
@@ -574,6 +620,19 @@ class PluginHost:
         if len(mine) >= NOTIFICATIONS_PER_PLUGIN:
             kept.remove(mine[0])
         kept.append(notification)
+
+
+def _check_policies(policies: object) -> None:
+    """Raise TypeError for policies that are not a PolicySet or None.
+
+    A path or a dict would otherwise fail later with an AttributeError.
+    """
+    if policies is None or isinstance(policies, PolicySet):
+        return
+    raise TypeError(
+        "policies must be a PolicySet from Policy.load() or "
+        f"Policy.from_dict(), got {type(policies).__name__}"
+    )
 
 
 def _arguments(params: object) -> dict[str, Any]:

@@ -19,6 +19,7 @@ PolicyError with the manifest file, the plugin and the key.
 from __future__ import annotations
 
 import keyword
+import logging
 import os
 import re
 import sys
@@ -38,7 +39,15 @@ from .policy import (
     _Where,
 )
 
-__all__ = ["PluginManifest", "discover_plugins", "load_manifest"]
+__all__ = [
+    "PluginManifest",
+    "discover_plugins",
+    "folder_list",
+    "load_manifest",
+    "plugin_folders_in",
+]
+
+logger = logging.getLogger("sandbox.manifest")
 
 _MANIFEST_NAME = "plugin.toml"
 
@@ -113,20 +122,48 @@ def discover_plugins(
     raise PolicyError, as does a plugin dir that is missing. With an
     ``errors`` dict, a folder whose manifest is invalid is left out and its
     error stored under the folder's name instead of raised, so that one
-    broken plugin does not stop the others.
+    broken plugin does not stop the others. Of two folders with the same
+    plugin name, the one found first is then loaded and the other left
+    out. Each folder left out gets one warning on the
+    ``sandbox.manifest`` logger.
     """
-    if isinstance(plugin_dirs, (str, bytes, os.PathLike)):
-        raise TypeError("plugin_dirs must be a list of folders, not one path")
     found: dict[str, PluginManifest] = {}
-    for plugin_dir in plugin_dirs:
-        for folder in _plugin_folders(os.fspath(plugin_dir)):
+    for plugin_dir in folder_list(plugin_dirs):
+        for folder in _plugin_folders(plugin_dir):
             try:
                 _add_unique(found, load_manifest(folder))
             except PolicyError as error:
                 if errors is None:
                     raise
+                logger.warning("skipped plugin folder %s: %s", folder, error)
                 errors[os.path.basename(folder)] = error
     return found
+
+
+def folder_list(
+    plugin_dirs: Iterable[str | os.PathLike[str]],
+) -> list[str]:
+    """Return ``plugin_dirs`` as a list of str paths.
+
+    Raises TypeError for a single path, whose characters would otherwise
+    be taken for folders.
+    """
+    if isinstance(plugin_dirs, (str, bytes, os.PathLike)):
+        raise TypeError("plugin_dirs must be a list of folders, not one path")
+    return [os.fspath(plugin_dir) for plugin_dir in plugin_dirs]
+
+
+def plugin_folders_in(plugin_dirs: Iterable[str]) -> list[str]:
+    """Return the entries of ``plugin_dirs`` that are plugin folders.
+
+    Such an entry contains a plugin.toml itself, and its plugin is not
+    found, because only the subfolders of a plugin dir are searched.
+    """
+    return [
+        plugin_dir
+        for plugin_dir in plugin_dirs
+        if os.path.isfile(os.path.join(plugin_dir, _MANIFEST_NAME))
+    ]
 
 
 def _plugin_folders(plugin_dir: str) -> list[str]:
@@ -164,7 +201,8 @@ def _add_unique(
         return
     raise PolicyError(
         f"two plugin folders use the name {manifest.name!r}: "
-        f"{earlier.folder} and {manifest.folder}; rename one of them",
+        f"{earlier.folder}, found first, and {manifest.folder}; rename "
+        "one of them",
         source=os.path.join(manifest.folder, _MANIFEST_NAME),
         plugin=manifest.name,
         key="name",

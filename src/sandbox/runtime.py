@@ -7,6 +7,7 @@ package) must be both readable by that uid and covered by a read rule.
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib.util
 import os
@@ -43,14 +44,31 @@ def resolve_interpreter(python: str | None = None) -> str:
 
     The default is this process's own interpreter, resolved through venv
     links: workers start with -I -S and get their sys.path from the host,
-    so the venv's bin/python adds nothing.
+    so the venv's bin/python adds nothing. Raises LaunchError with ENOENT
+    or EACCES for an interpreter that is missing or not executable.
     """
     candidate = python or sys.executable
     if not candidate:
         raise LaunchError(
-            "interpreter", 2, "sys.executable is empty; pass python="
+            "interpreter",
+            errno.ENOENT,
+            "sys.executable is empty; pass python=",
         )
-    return os.path.realpath(candidate)
+    interpreter = os.path.realpath(candidate)
+    if not os.path.isfile(interpreter):
+        raise LaunchError(
+            "interpreter",
+            errno.ENOENT,
+            f"interpreter {candidate} not found; pass python= the path of "
+            "an existing Python interpreter",
+        )
+    if not os.access(interpreter, os.X_OK):
+        raise LaunchError(
+            "interpreter",
+            errno.EACCES,
+            f"interpreter {candidate} is not executable",
+        )
+    return interpreter
 
 
 @functools.lru_cache(maxsize=8)
@@ -100,9 +118,18 @@ def _loaded_library_dirs(interpreter: str) -> list[str]:
             timeout=30,
             check=True,
         ).stdout
-    except (OSError, subprocess.SubprocessError) as error:
+    except OSError as error:
+        # The errno is the one execve() returned, ENOENT for a missing file.
         raise LaunchError(
-            "interpreter", 8, f"cannot run {interpreter}: {error}"
+            "interpreter",
+            error.errno or errno.ENOEXEC,
+            f"cannot run the interpreter {interpreter}",
+        ) from error
+    except subprocess.SubprocessError as error:
+        raise LaunchError(
+            "interpreter",
+            errno.ENOEXEC,
+            f"the interpreter {interpreter} failed a test run: {error}",
         ) from error
     dirs = []
     for line in maps.splitlines():
