@@ -10,11 +10,12 @@ link are read or written, and files and listings are bounded so that
 they fit one reply.
 
 A host usually runs as root, which passes every file permission check.
-So on a root host each open runs in a short-lived thread that has the
-file-system uid and gid and the supplementary groups of the plugin's
-workers, and no capabilities. File permissions then apply as they
-would to the plugin, and the files that the host creates belong to the
-plugin's uid. The other threads of the host keep root's identity.
+So on a root host each open, and the whole of a write, runs in a
+short-lived thread that has the file-system uid and gid and the
+supplementary groups of the plugin's workers, and no capabilities. File
+permissions then apply as they would to the plugin, and the files that
+the host creates belong to the plugin's uid. The other threads of the
+host keep root's identity.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
-from typing import TYPE_CHECKING, Any
+from functools import cache, partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import CapabilityDenied
 
@@ -42,9 +43,11 @@ __all__ = [
     "PluginFiles",
     "open_in_identity_thread",
     "openat2",
+    "run_in_identity_thread",
 ]
 
 IdentityLookup = Callable[[], "Identity | None"]
+_Result = TypeVar("_Result")
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,15 @@ class PluginFiles:
     show: Callable[[str], str]
     identity_of: IdentityLookup | None = None
 
+    # A read or a listing depends on the caller's identity only at the
+    # open, where the kernel checks file permissions, because reading
+    # changes no file mode and uses no quota. So only the open runs as
+    # the plugin, and the read runs in the calling thread.
+
     def read_file(self, path: str) -> bytes:
         """Return the content of the regular file at ``path``."""
         target = _locate(path, self.policy.readable(), "read", self.show)
-        fd = self._open_as_plugin(target.open_for_read)
+        fd = self._run_as_plugin(target.open_for_read, "read")
         try:
             return _read_bounded(fd, target, self.max_bytes)
         finally:
@@ -85,33 +93,56 @@ class PluginFiles:
                 f"larger than the maximum of {self.max_bytes} bytes"
             )
         target = _locate(path, self.policy.write, "write", self.show)
-        fd = self._open_as_plugin(target.open_for_write)
-        try:
-            # The open had no O_TRUNC: the file is truncated only once it
-            # is known to be a regular file.
-            os.ftruncate(fd, 0)
-            _write_all(fd, data)
-        finally:
-            os.close(fd)
+        # The truncation and the write run as the plugin too. With root's
+        # CAP_FSETID the kernel would keep the file's set-user-ID and
+        # set-group-ID bits, which it clears when another user writes,
+        # and root may also use the blocks that quotas and the file
+        # system reserve.
+        self._run_as_plugin(partial(_replace_content, target, data), "write")
         return len(data)
 
     def list_files(self, path: str) -> list[str]:
         """Return the sorted names in the folder at ``path``."""
         target = _locate(path, self.policy.readable(), "list", self.show)
-        fd = self._open_as_plugin(target.open_for_list)
+        fd = self._run_as_plugin(target.open_for_list, "list")
         try:
             return _list_bounded(fd, target, self.max_bytes)
         finally:
             os.close(fd)
 
-    def _open_as_plugin(self, open_file: Callable[[], int]) -> int:
-        """Run ``open_file`` with the identity of the plugin's workers."""
+    def _run_as_plugin(
+        self, action: Callable[[], _Result], access: str
+    ) -> _Result:
+        """Run ``action`` with the identity of the plugin's workers.
+
+        A denial by file permissions names the uid that the action ran
+        as, so the user knows whom to give the folder to.
+        """
         identity = None
         if self.identity_of is not None and os.geteuid() == 0:
             identity = self.identity_of()
-        if identity is None:
-            return open_file()
-        return open_in_identity_thread(identity, open_file)
+        try:
+            if identity is None:
+                return action()
+            return run_in_identity_thread(identity, action)
+        except _FileModeDenied as error:
+            uid = os.geteuid() if identity is None else identity.uid
+            raise CapabilityDenied(
+                f"{error} as uid {uid}; {_FILE_MODE_ADVICE[access]}, and "
+                "every folder above it searchable by it"
+            ) from None
+
+
+class _FileModeDenied(CapabilityDenied):
+    """An open that file permissions rejected (EACCES)."""
+
+
+_FILE_MODE_ADVICE = {
+    "read": "the file must be readable by that uid",
+    "write": "the folder, and the file if it exists, must be writable by "
+    "that uid",
+    "list": "the folder must be readable by that uid",
+}
 
 
 # -- paths -------------------------------------------------------------------
@@ -220,7 +251,12 @@ class _FolderHandle:
             reason = error.strerror
             if error.errno == errno.ELOOP:
                 reason = "its path goes through a symbolic link"
-            raise CapabilityDenied(
+            denial = (
+                _FileModeDenied
+                if error.errno == errno.EACCES
+                else CapabilityDenied
+            )
+            raise denial(
                 f"failed to open folder {self._folder!r}: {reason}"
             ) from None
         return self._fd
@@ -350,33 +386,44 @@ class _CapData(ctypes.Structure):
     ]
 
 
+def run_in_identity_thread(
+    identity: Identity, action: Callable[[], _Result]
+) -> _Result:
+    """Run ``action`` in a new thread that has taken on ``identity``.
+
+    The kernel keeps credentials per thread, and the raw system calls
+    change only the calling thread's. The thread ends after the action,
+    so its identity is never restored or reused, and the calling thread
+    keeps root's. Returns what ``action`` returns and raises what it
+    raises.
+    """
+    outcome: list[_Result] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _take_on_identity(identity)
+            outcome.append(action())
+        except BaseException as error:
+            failure.append(error)
+
+    thread = threading.Thread(target=run, name="sandbox-broker-as-plugin")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
 def open_in_identity_thread(
     identity: Identity, open_file: Callable[[], int]
 ) -> int:
     """Run ``open_file`` in a new thread that has taken on ``identity``.
 
-    The kernel keeps credentials per thread, and the raw system calls
-    change only the calling thread's. The thread ends after the open, so
-    its identity is never restored or reused, and the calling thread
-    keeps root's. The descriptor works in every thread, and the kernel
-    checked the file's permissions once, at the open.
+    The descriptor works in every thread, and the kernel checked the
+    file's permissions once, at the open.
     """
-    outcome: list[int | BaseException] = []
-
-    def run() -> None:
-        try:
-            _take_on_identity(identity)
-            outcome.append(open_file())
-        except BaseException as error:
-            outcome.append(error)
-
-    thread = threading.Thread(target=run, name="sandbox-broker-open")
-    thread.start()
-    thread.join()
-    result = outcome[0]
-    if isinstance(result, BaseException):
-        raise result
-    return result
+    return run_in_identity_thread(identity, open_file)
 
 
 def _take_on_identity(identity: Identity) -> None:
@@ -451,8 +498,14 @@ def _open_beneath(
     except Openat2Unavailable:
         raise
     except OSError as error:
-        reason = _ESCAPE_REASONS.get(error.errno or 0, error.strerror)
-        raise CapabilityDenied(f"path {target.shown}: {reason}") from None
+        raise _open_denial(target, error) from None
+
+
+def _open_denial(target: _Target, error: OSError) -> CapabilityDenied:
+    if error.errno == errno.EACCES:
+        return _FileModeDenied(f"path {target.shown}: {error.strerror}")
+    reason = _ESCAPE_REASONS.get(error.errno or 0, error.strerror)
+    return CapabilityDenied(f"path {target.shown}: {reason}")
 
 
 def _checked_regular(fd: int, target: _Target) -> int:
@@ -502,8 +555,7 @@ def _check_existing_is_regular(
     except OSError as error:
         if missing_ok and error.errno == errno.ENOENT:
             return
-        reason = _ESCAPE_REASONS.get(error.errno or 0, error.strerror)
-        raise CapabilityDenied(f"path {target.shown}: {reason}") from None
+        raise _open_denial(target, error) from None
     try:
         _check_regular_file(fd, target)
     finally:
@@ -530,6 +582,18 @@ def _read_at_most(fd: int, count: int) -> bytes:
         chunks.append(chunk)
         remaining -= len(chunk)
     return b"".join(chunks)
+
+
+def _replace_content(target: _Target, data: bytes) -> None:
+    """Open the file of ``target`` for writing and replace its content."""
+    fd = target.open_for_write()
+    try:
+        # The open had no O_TRUNC: the file is truncated only once it is
+        # known to be a regular file.
+        os.ftruncate(fd, 0)
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -17,8 +17,11 @@ CAP_SYSLOG while kernel.dmesg_restrict is 1, the Debian and Ubuntu default.
 A multicast socket left unread fills with every audit record of the
 machine and then drops new ones. SeccompKillWatcher therefore reads
 from a thread and keeps only the kill records of the pids registered
-with it. SeccompLogCollector reads the LOG records of one observed
-worker after its calls, from a socket with a large receive buffer.
+with it. To tell whether a worker's missing kill record could have
+been dropped, it also reads the kernel's count of lost records and its
+queue length (AUDIT_GET, which needs CAP_AUDIT_CONTROL).
+SeccompLogCollector reads the LOG records of one observed worker after
+its calls, from a socket with a large receive buffer.
 """
 
 from __future__ import annotations
@@ -42,12 +45,16 @@ from . import seccomp
 __all__ = [
     "RECORD_WAIT_SECONDS",
     "AuditGroupUnavailable",
+    "AuditStatus",
     "SeccompKillWatcher",
     "SeccompLogCollector",
     "SeccompRecord",
+    "SigsysEvidence",
+    "examine_sigsys",
     "join_audit_group",
     "parse_seccomp_messages",
     "parse_seccomp_text",
+    "read_audit_status",
     "receive_available",
     "seccomp_kills_logged",
     "violation_fields",
@@ -59,6 +66,9 @@ logger = logging.getLogger("sandbox.host")
 NETLINK_AUDIT = 9
 AUDIT_NLGRP_READLOG = 1
 AUDIT_SECCOMP = 1326
+AUDIT_GET = 1000
+NLMSG_ERROR = 2
+NLM_F_REQUEST = 1
 SECCOMP_RET_KILL_PROCESS = 0x80000000
 SECCOMP_RET_KILL_THREAD = 0x00000000
 SECCOMP_RET_LOG = 0x7FFC0000
@@ -74,6 +84,12 @@ RECORD_WAIT_SECONDS = 1.0
 # goes first.
 MAX_WATCHED_PIDS = 4096
 _NLMSGHDR = struct.Struct("=IHHII")
+# The first fields of struct audit_status: mask, enabled, failure, pid,
+# rate_limit, backlog_limit, lost and backlog, each a u32.
+_AUDIT_STATUS = struct.Struct("=8I")
+_NLMSGERR_ERROR = struct.Struct("=i")
+# The interval between AUDIT_GET requests while kauditd's queue drains.
+_BACKLOG_POLL_SECONDS = 0.02
 _NLMSG_ALIGNTO = 4
 # An audit record is at most MAX_AUDIT_MESSAGE_LENGTH (8970) bytes.
 _DATAGRAM_BYTES = 65536
@@ -188,6 +204,71 @@ def _grow_receive_buffer(sock: socket.socket) -> None:
         )
 
 
+@dataclass(frozen=True)
+class AuditStatus:
+    """The kernel's audit counters, from an AUDIT_GET request."""
+
+    # Records dropped since boot: past the backlog or rate limit, or for
+    # lack of memory. The kernel only ever increases it.
+    lost: int
+    # Records still queued for kauditd, which has not yet sent them to
+    # the multicast group.
+    backlog: int
+
+
+def read_audit_status() -> AuditStatus:
+    """Ask the kernel for its audit counters with an AUDIT_GET request.
+
+    Raises OSError when the request fails. It needs CAP_AUDIT_CONTROL
+    and the initial pid namespace, so a host that is not root, or one in
+    a container, cannot make it.
+    """
+    with socket.socket(
+        socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_AUDIT
+    ) as sock:
+        sock.settimeout(RECORD_WAIT_SECONDS)
+        sock.bind((0, 0))
+        sequence = 1
+        sock.send(
+            _NLMSGHDR.pack(
+                _NLMSGHDR.size, AUDIT_GET, NLM_F_REQUEST, sequence, 0
+            )
+        )
+        while True:
+            data, address = sock.recvfrom(_DATAGRAM_BYTES)
+            status = _parse_status_reply(data, address[0], sequence)
+            if status is not None:
+                return status
+
+
+def _parse_status_reply(
+    data: bytes, sender_port: int, sequence: int
+) -> AuditStatus | None:
+    """Return the status in a reply to AUDIT_GET, or None for another message.
+
+    Raises OSError for the kernel's error reply.
+    """
+    if sender_port != KERNEL_PORT_ID or len(data) < _NLMSGHDR.size:
+        return None
+    length, kind, _flags, seq, _port = _NLMSGHDR.unpack_from(data)
+    body = data[_NLMSGHDR.size : length]
+    if seq != sequence:
+        return None
+    if kind == NLMSG_ERROR and len(body) >= _NLMSGERR_ERROR.size:
+        (code,) = _NLMSGERR_ERROR.unpack_from(body)
+        if code == 0:
+            return None  # An acknowledgement, not an error.
+        raise OSError(
+            -code,
+            f"AUDIT_GET failed: {os.strerror(-code)}; it needs "
+            "CAP_AUDIT_CONTROL in the initial pid namespace",
+        )
+    if kind != AUDIT_GET or len(body) < _AUDIT_STATUS.size:
+        return None
+    fields = _AUDIT_STATUS.unpack_from(body)
+    return AuditStatus(lost=fields[6], backlog=fields[7])
+
+
 def receive_available(sock: socket.socket) -> tuple[list[SeccompRecord], int]:
     """Read every datagram waiting on non-blocking ``sock``.
 
@@ -284,6 +365,55 @@ def _fields(text: str) -> dict[str, str] | None:
 # -- seccomp kills -----------------------------------------------------------
 
 
+@dataclass
+class _Watch:
+    """What the watcher keeps for one registered pid."""
+
+    # The socket's overflow count when the pid was registered.
+    overflows_before: int
+    # The kernel's count of lost records then, or why it was not read.
+    lost_before: int | str
+    # The pid's kill record, None until one arrives.
+    record: SeccompRecord | None = None
+
+
+@dataclass(frozen=True)
+class SigsysEvidence:
+    """What the audit records show about a worker's death by SIGSYS."""
+
+    # The kill record of the worker's pid, if one arrived.
+    record: SeccompRecord | None
+    # Why the record could be missing though a seccomp program killed the
+    # worker, or None when every record the kernel wrote reached the host.
+    gap: str | None
+
+    @property
+    def rules_out_seccomp(self) -> bool:
+        """Whether the records show that no seccomp program killed it."""
+        return self.record is None and self.gap is None
+
+    def violation_fields(self) -> dict[str, Any]:
+        """Return the policy_violation event's fields for the death."""
+        if self.record is None:
+            return {
+                "syscall": None,
+                "syscall_name": None,
+                "unknown_reason": self.gap or _NO_KILL_RECORD,
+            }
+        return {
+            "syscall": self.record.syscall,
+            "syscall_name": self.record.syscall_name,
+            "arch": self.record.arch,
+            "reported_by": "kernel",
+        }
+
+
+_NO_KILL_RECORD = (
+    "the kernel wrote no seccomp kill record of the worker, and the host "
+    "missed none of its audit records"
+)
+
+
 class SeccompKillWatcher:
     """Kill records of registered pids, read by a thread as they arrive.
 
@@ -297,14 +427,16 @@ class SeccompKillWatcher:
         self.unavailable: str | None = None
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
+        # Held while records are read from the socket and kept, so that
+        # a drain by another thread finds no record half handled.
+        self._reading = threading.Lock()
         self._started = False
         self._closed = False
         self._socket: socket.socket | None = None
         self._wake_fd: int | None = None
         self._thread: threading.Thread | None = None
-        # Each registered pid and its kill record, None until one comes.
-        # Insertion order is registration order, for MAX_WATCHED_PIDS.
-        self._watched: dict[int, SeccompRecord | None] = {}
+        # Each registered pid in registration order, for MAX_WATCHED_PIDS.
+        self._watched: dict[int, _Watch] = {}
         self._overflows = 0
 
     def start(self) -> bool:
@@ -340,11 +472,14 @@ class SeccompKillWatcher:
         # NOTE: kauditd sends records asynchronously, so the kill record
         # of an earlier process with this pid that arrives after this
         # call would count as the new process's own.
+        if self._thread is None:
+            return
+        lost = _lost_count()
         with self._lock:
             if self._thread is None:
                 return
             self._watched.pop(pid, None)
-            self._watched[pid] = None
+            self._watched[pid] = _Watch(self._overflows, lost)
             while len(self._watched) > MAX_WATCHED_PIDS:
                 del self._watched[next(iter(self._watched))]
 
@@ -365,24 +500,115 @@ class SeccompKillWatcher:
             if self._thread is None:
                 return None
             self._arrived.wait_for(
-                lambda: self._watched.get(pid) is not None or self._closed,
+                lambda: self._record_of(pid) is not None or self._closed,
                 timeout,
             )
-            return self._watched.get(pid)
+            return self._record_of(pid)
+
+    def examine(
+        self, pid: int, timeout: float = RECORD_WAIT_SECONDS
+    ) -> SigsysEvidence:
+        """Find the kill record of registered ``pid``, which has died.
+
+        Waits up to ``timeout`` for the record. Without one, the gap of
+        the result explains why the record could be missing though a seccomp
+        program killed the process. The gap is None when every record
+        that the kernel wrote since the registration reached the watcher,
+        so no seccomp program killed it.
+        """
+        record = self.find_kill(pid, timeout)
+        if record is not None:
+            return SigsysEvidence(record, None)
+        gap = self._record_gap(pid, timeout)
+        # The drain in _record_gap() may have kept the record after all.
+        with self._lock:
+            record = self._record_of(pid)
+        if record is not None:
+            return SigsysEvidence(record, None)
+        return SigsysEvidence(None, gap)
+
+    def _record_of(self, pid: int) -> SeccompRecord | None:
+        watch = self._watched.get(pid)
+        return None if watch is None else watch.record
+
+    def _record_gap(self, pid: int, timeout: float) -> str | None:
+        """Return why a kill record of dead ``pid`` could be missing.
+
+        A seccomp program logs the kill before the process dies, so by
+        now the record is lost, which the kernel counts, or queued for
+        kauditd, or sent to the group and waiting in the socket.
+        """
+        with self._lock:
+            watch = self._watched.get(pid)
+            if self._thread is None or self._closed or watch is None:
+                return self._missing_reason(timeout, pid)
+        if isinstance(watch.lost_before, str):
+            return watch.lost_before
+        # actions_logged may have changed since the watcher started.
+        reason = seccomp_kills_logged()
+        if reason is not None:
+            return reason
+        try:
+            status = _await_empty_backlog(timeout)
+        except OSError as error:
+            return f"the kernel's audit counters could not be read: {error}"
+        if status.backlog:
+            return (
+                f"{status.backlog} audit records were still queued in the "
+                f"kernel after {timeout:g} s, so the worker's record may "
+                "be among them"
+            )
+        # The counter is a u32, so it may wrap.
+        dropped = (status.lost - watch.lost_before) % 2**32
+        if dropped:
+            return (
+                f"the kernel dropped {dropped} audit "
+                "record(s) while the worker ran (past its backlog or rate "
+                "limit), so the worker's record may be among them"
+            )
+        # NOTE: kauditd sends a record to the group right after taking it
+        # off the queue, so a record taken off just before the backlog
+        # read could still be on its way. An audit exclude rule for
+        # AUDIT_SECCOMP also removes records without counting them.
+        try:
+            self._drain()
+        except OSError as error:
+            return f"reading the audit netlink socket failed: {error}"
+        with self._lock:
+            if self._thread is None or self._closed:
+                return self._missing_reason(timeout, pid)
+            if self._overflows != watch.overflows_before:
+                return self._missing_reason(timeout, pid)
+        return None
+
+    def _drain(self) -> None:
+        """Keep the records already waiting in the socket's buffer."""
+        with self._reading:
+            if self._socket is not None:
+                self._keep(*receive_available(self._socket))
 
     def missing_record_reason(self, timeout: float) -> str:
         """Explain why find_kill() returned None."""
         with self._lock:
-            if self.unavailable is not None:
-                return self.unavailable
-            if self._closed:
-                return "the host was closed"
-            if self._overflows:
-                return (
-                    "the audit netlink socket was full and dropped records "
-                    f"{self._overflows} time(s), so the worker's record "
-                    "may be among them"
-                )
+            return self._missing_reason(timeout)
+
+    def _missing_reason(self, timeout: float, pid: int | None = None) -> str:
+        if self.unavailable is not None:
+            return self.unavailable
+        if self._closed:
+            return "the host was closed"
+        watch = None if pid is None else self._watched.get(pid)
+        overflows = self._overflows
+        if watch is not None:
+            overflows -= watch.overflows_before
+        if overflows:
+            return (
+                "the audit netlink socket was full and dropped records "
+                f"{overflows} time(s), so the worker's record may be among "
+                "them"
+            )
+        if pid is not None and watch is None:
+            return f"pid {pid} was not registered with the kill watcher"
         return (
             f"no seccomp audit record of the worker arrived within "
             f"{timeout:g} s. The kernel writes none when booted with "
@@ -402,8 +628,10 @@ class SeccompKillWatcher:
             assert self._wake_fd is not None
             os.eventfd_write(self._wake_fd, 1)
             thread.join()
-        if self._socket is not None:
-            self._socket.close()
+        with self._reading:
+            if self._socket is not None:
+                self._socket.close()
+                self._socket = None
         if self._wake_fd is not None:
             os.close(self._wake_fd)
             self._wake_fd = None
@@ -418,7 +646,7 @@ class SeccompKillWatcher:
                 ready = {fd for fd, _ in poller.poll()}
                 if self._wake_fd in ready:
                     return
-                self._keep(*receive_available(self._socket))
+                self._drain()
         except OSError as error:
             # Nothing can catch an error raised in this thread.
             logger.exception("reading seccomp audit records failed")
@@ -433,41 +661,50 @@ class SeccompKillWatcher:
         with self._arrived:
             self._overflows += overflows
             for record in records:
-                if not record.is_kill or record.pid not in self._watched:
+                watch = self._watched.get(record.pid)
+                if not record.is_kill or watch is None:
                     continue
                 # The first record wins, so the kill of a process that
                 # reused the pid cannot replace the worker's own.
-                if self._watched[record.pid] is None:
-                    self._watched[record.pid] = record
+                if watch.record is None:
+                    watch.record = record
                     self._arrived.notify_all()
+
+
+def _lost_count() -> int | str:
+    """Return the kernel's count of lost audit records, or why it failed."""
+    try:
+        return read_audit_status().lost
+    except OSError as error:
+        return f"the kernel's audit counters could not be read: {error}"
+
+
+def _await_empty_backlog(timeout: float) -> AuditStatus:
+    """Read the audit status until kauditd's queue is empty or time is up."""
+    deadline = time.monotonic() + timeout
+    status = read_audit_status()
+    while status.backlog and time.monotonic() < deadline:
+        time.sleep(_BACKLOG_POLL_SECONDS)
+        status = read_audit_status()
+    return status
+
+
+def examine_sigsys(
+    watcher: SeccompKillWatcher | None, pid: int
+) -> SigsysEvidence:
+    """Return what the audit records show about ``pid``'s death by SIGSYS."""
+    if watcher is None:
+        return SigsysEvidence(
+            None, "no seccomp kill watcher was given to the worker"
+        )
+    return watcher.examine(pid)
 
 
 def violation_fields(
     watcher: SeccompKillWatcher | None, pid: int
 ) -> dict[str, Any]:
     """Return the policy_violation event's fields for ``pid``'s kill."""
-    if watcher is None:
-        return {
-            "syscall": None,
-            "syscall_name": None,
-            "unknown_reason": "no seccomp kill watcher was given to the "
-            "worker",
-        }
-    kill = watcher.find_kill(pid)
-    if kill is None:
-        return {
-            "syscall": None,
-            "syscall_name": None,
-            "unknown_reason": watcher.missing_record_reason(
-                RECORD_WAIT_SECONDS
-            ),
-        }
-    return {
-        "syscall": kill.syscall,
-        "syscall_name": kill.syscall_name,
-        "arch": kill.arch,
-        "reported_by": "kernel",
-    }
+    return examine_sigsys(watcher, pid).violation_fields()
 
 
 # -- seccomp LOG records of one observed worker ------------------------------

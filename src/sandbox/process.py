@@ -61,6 +61,9 @@ MAX_CAPABILITY_REQUESTS_PER_CALL = 4096
 REPORTABLE_LIMITS = frozenset(
     {"memory_mb", "file_descriptors", "file_size_mb"}
 )
+# The limit a worker names when its reply exceeds max_message_bytes; the
+# host raises ProtocolError for it, as for an oversized message it reads.
+MESSAGE_SIZE_LIMIT = "max_message_bytes"
 
 
 class WorkerStopped(SandboxError):
@@ -146,9 +149,11 @@ class WorkerProcess:
             "worker_started",
             self.name,
             pid=self.pid,
-            uid=self.kernel_status.get("Uid"),
-            seccomp=self.kernel_status.get("Seccomp"),
-            no_new_privs=self.kernel_status.get("NoNewPrivs"),
+            # The Uid line lists the real, effective, saved and file-system
+            # uids; the effective one is the second.
+            uid=_status_number(self.kernel_status.get("Uid"), 1),
+            seccomp=_status_number(self.kernel_status.get("Seccomp")),
+            no_new_privs=_status_number(self.kernel_status.get("NoNewPrivs")),
             landlock_abi=getattr(plan.landlock_report, "abi", 0),
             enforcement=self.enforcement.to_dict(),
         )
@@ -386,11 +391,17 @@ class WorkerProcess:
         # After the send, so that it runs while the worker works.
         self._trim_log()
         try:
-            return self._await_reply(call_id, deadline)
+            reply = self._await_reply(call_id, deadline)
         except (TimeoutError, ProtocolError) as error:
             raise self._worker_fault(error, timeout) from None
         except rpc.PeerGone:
             raise self._death_error() from None
+        # Outside the handler above: an error reply, even one that the
+        # host raises as ProtocolError, is the worker keeping to the
+        # protocol.
+        if reply.error is None:
+            return reply.result
+        raise self._reply_error(reply.error)
 
     def _worker_fault(
         self, error: TimeoutError | ProtocolError, timeout: float
@@ -405,7 +416,7 @@ class WorkerProcess:
         self._audit.emit("protocol_violation", self.name, reason=reason)
         return error if reason == str(error) else ProtocolError(reason)
 
-    def _await_reply(self, call_id: int, deadline: float) -> Any:
+    def _await_reply(self, call_id: int, deadline: float) -> rpc.Response:
         assert self._channel is not None
         served = 0
         while True:
@@ -425,10 +436,7 @@ class WorkerProcess:
                     )
                 self._serve_capability(message, deadline)
                 continue
-            reply = rpc.match_response(message, call_id)
-            if reply.error is None:
-                return reply.result
-            raise self._reply_error(reply.error)
+            return rpc.match_response(message, call_id)
 
     def _serve_capability(self, request: rpc.Request, deadline: float) -> None:
         assert self._channel is not None
@@ -476,6 +484,10 @@ class WorkerProcess:
         if code == rpc.CAPABILITY_DENIED:
             return CapabilityDenied(message)
         limit = data.get("limit")
+        if code == rpc.RESOURCE_LIMIT and limit == MESSAGE_SIZE_LIMIT:
+            # The worker's encoder rejected a reply over max_message_bytes,
+            # so nothing broke the channel and the worker keeps running.
+            return ProtocolError(f"reply of plugin {self.name!r}: {message}")
         if code == rpc.RESOURCE_LIMIT and limit in REPORTABLE_LIMITS:
             # The worker's own report: the host saw no kernel signal.
             self._audit.emit(
@@ -513,15 +525,23 @@ class WorkerProcess:
         self._wait_exit(STOP_GRACE)
         status, usage = self._kill_and_reap()
         log = self._log_tail()
-        violation = None
+        evidence = None
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS:
-            violation = kernelaudit.violation_fields(
+            evidence = kernelaudit.examine_sigsys(
                 self._kill_watcher, self._last_pid
             )
         self._release()
-        error = classify_death(self.name, status, usage, self.config, log)
-        if violation is not None:
-            error = self._report_violation(error, violation)
+        error = classify_death(
+            self.name,
+            status,
+            usage,
+            self.config,
+            log,
+            seccomp_ruled_out=evidence is not None
+            and evidence.rules_out_seccomp,
+        )
+        if evidence is not None and isinstance(error, PolicyViolation):
+            error = self._report_violation(error, evidence.violation_fields())
         if isinstance(error, ResourceLimitExceeded):
             self._audit.emit(
                 "limit_hit",
@@ -536,8 +556,8 @@ class WorkerProcess:
         return error
 
     def _report_violation(
-        self, error: SandboxError, fields: dict[str, Any]
-    ) -> SandboxError:
+        self, error: PolicyViolation, fields: dict[str, Any]
+    ) -> PolicyViolation:
         """Emit policy_violation; name the system call in the error."""
         self._audit.emit(
             "policy_violation",
@@ -546,9 +566,7 @@ class WorkerProcess:
             signal="SIGSYS",
             **fields,
         )
-        if fields.get("syscall") is None or not isinstance(
-            error, PolicyViolation
-        ):
+        if fields.get("syscall") is None:
             return error
         return PolicyViolation(
             self.name,
@@ -587,17 +605,25 @@ class WorkerProcess:
 
 
 def classify_death(
-    name: str, status: int, usage: Any, config: WorkerConfig, log: str
+    name: str,
+    status: int,
+    usage: Any,
+    config: WorkerConfig,
+    log: str,
+    *,
+    seccomp_ruled_out: bool = False,
 ) -> SandboxError:
-    """Map a wait status to the error a caller should see."""
+    """Map a wait status to the error a caller should see.
+
+    ``seccomp_ruled_out`` is True when the kernel's audit records show
+    no seccomp kill of the worker (see _sigsys_death).
+    """
     limits = config.resources
     cpu_used = usage.ru_utime + usage.ru_stime
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig == signal.SIGSYS:
-            return PolicyViolation(
-                name, signal=sig, detail="a system call its filter forbids"
-            )
+            return _sigsys_death(name, seccomp_ruled_out)
         cpu_limit = limits.cpu_seconds or 0
         if sig == signal.SIGXCPU or (
             sig == signal.SIGKILL and cpu_used >= cpu_limit
@@ -612,6 +638,30 @@ def classify_death(
     if "MemoryError" in log:
         return ResourceLimitExceeded(name, "memory_mb", _last_line(log))
     return PluginCrashed(name, exit_code=code, detail=_last_line(log))
+
+
+def _sigsys_death(name: str, seccomp_ruled_out: bool) -> PluginCrashed:
+    """Return the error for a death by SIGSYS.
+
+    A seccomp kill and a SIGSYS that the plugin sent itself (kill(), a
+    timer, F_SETSIG) end the worker alike. Only the kernel's audit record
+    distinguishes them. A root host whose kill watcher missed no record
+    while the worker ran, and got none for its pid, concludes that no seccomp
+    program acted. Without that proof (a host that is not root, or
+    records that may have been dropped) the filter may have acted, so
+    the death counts as a violation, and the policy_violation event's
+    unknown_reason says why the record is missing.
+    """
+    if seccomp_ruled_out:
+        return PluginCrashed(
+            name,
+            signal=signal.SIGSYS,
+            detail="the kernel wrote no seccomp audit record of the worker, "
+            "so the signal did not come from its seccomp filter",
+        )
+    return PolicyViolation(
+        name, signal=signal.SIGSYS, detail="a system call its filter forbids"
+    )
 
 
 def _death_witness(status: int) -> str:
@@ -644,6 +694,14 @@ def printable(text: str, limit: int, *, keep_lines: bool = False) -> str:
     table = _CONTROL_KEEP_LINES if keep_lines else _CONTROL
     cleaned = text[:limit].translate(table)
     return cleaned + "..." if len(text) > limit else cleaned
+
+
+def _status_number(value: str | None, index: int = 0) -> int | None:
+    """Return field ``index`` of a /proc/PID/status value as an int."""
+    fields = (value or "").split()
+    if index < len(fields) and fields[index].isdigit():
+        return int(fields[index])
+    return None
 
 
 def read_kernel_status(pid: int) -> dict[str, str]:

@@ -30,6 +30,7 @@ own range, where that matters.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import grp
 import hashlib
@@ -310,6 +311,7 @@ REGISTRY_ENVIRONMENT = "SANDBOX_UID_REGISTRY"
 _REGISTRY_VERSION = 1
 _REGISTRY_MODE = 0o600
 _FOLDER_MODE = 0o700
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def registry_location(requested: str | os.PathLike[str] | None) -> str:
@@ -332,8 +334,9 @@ def register_plugin_uids(
     name -> uid per range. Its folder is created (mode 0700) if missing,
     and it and every folder above it must be owned by root and writable
     by nobody else, except that a sticky folder such as /tmp may lie
-    above. The file is read and rewritten under an exclusive flock() of
-    a lock file beside it, so hosts starting at the same time agree.
+    above. No component of the path may be a symbolic link. The file is
+    read and rewritten under an exclusive flock() of a lock file beside
+    it, so hosts starting at the same time agree.
     Returns the uid of each name and the owner of every uid the registry
     records, in any range.
 
@@ -378,29 +381,66 @@ def _open_trusted_folder(folder: str) -> int:
     """Open ``folder``, creating it, once no one but root can change it.
 
     Only root may be able to replace the registry, because the uid it
-    records for a plugin owns the plugin's files. Each folder on the
-    path is opened from the one above without following links and then
-    checked, so a folder swapped in after the check is never used.
+    records for a plugin owns the plugin's files. The path is walked as
+    given, from "/": each folder is opened from the checked one above it
+    without following links and then checked, so a folder swapped in
+    after a check is never used. A symbolic link on the path is
+    rejected, because its target was never checked. A missing last
+    folder is created only after the folder above it passed.
     """
-    real = os.path.realpath(folder)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(real, _FOLDER_MODE)
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open("/", flags)
+    parts = [part for part in folder.split("/") if part]
+    fd = os.open("/", _FOLDER_FLAGS)
     try:
         current = "/"
-        parts = [part for part in real.split("/") if part]
-        _check_root_only(fd, current, real, final=not parts)
+        _check_root_only(fd, current, folder, final=not parts)
         for index, part in enumerate(parts):
-            child = os.open(part, flags, dir_fd=fd)
+            final = index == len(parts) - 1
+            current = os.path.join(current, part)
+            child = _open_child_folder(fd, part, current, folder, final=final)
             os.close(fd)
             fd = child
-            current = os.path.join(current, part)
-            _check_root_only(fd, current, real, final=index == len(parts) - 1)
+            _check_root_only(fd, current, folder, final=final)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _open_child_folder(
+    parent_fd: int, name: str, current: str, folder: str, *, final: bool
+) -> int:
+    """Open folder ``name`` of a checked parent without following a link.
+
+    Creates the registry's own folder (``final``) when it is missing.
+    """
+    try:
+        return os.open(name, _FOLDER_FLAGS, dir_fd=parent_fd)
+    except FileNotFoundError:
+        if not final:
+            raise
+    except OSError as error:
+        # O_NOFOLLOW fails a symbolic link with ELOOP, and O_DIRECTORY
+        # with ENOTDIR when the link's target is not a folder.
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            _reject_symlink(parent_fd, name, current, folder)
+        raise
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, _FOLDER_MODE, dir_fd=parent_fd)
+    return os.open(name, _FOLDER_FLAGS, dir_fd=parent_fd)
+
+
+def _reject_symlink(
+    parent_fd: int, name: str, current: str, folder: str
+) -> None:
+    """Raise PermissionError if ``name`` is a symbolic link."""
+    info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    if stat.S_ISLNK(info.st_mode):
+        raise PermissionError(
+            f"the uid registry folder {folder} is not safe: {current} is a "
+            f"symbolic link of uid {info.st_uid}, and the folders it leads "
+            "to are not checked; give the uid_registry path without "
+            "symbolic links"
+        )
 
 
 def _check_root_only(
