@@ -149,6 +149,29 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def run_script_as_nobody(
+    folder: Path, name: str, source: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Write ``source`` to ``folder``/``name`` and run it as user nobody.
+
+    It runs with this interpreter, from ``folder``, and imports the same
+    sandbox package, so a test can start a host that is not root.
+    """
+    script = folder / name
+    script.write_text(textwrap.dedent(source))
+    os.chmod(script, 0o644)
+    package_parent = Path(sandbox.__file__).resolve().parents[1]
+    return subprocess.run(
+        ["runuser", "-u", "nobody", "--", sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=folder,
+        env=dict(os.environ, PYTHONPATH=str(package_parent)),
+        check=False,
+    )
+
+
 @pytest.fixture
 def plugin_root() -> Iterator[Path]:
     """Return a fresh folder, readable by every uid, for test plugins."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from conftest import HostFactory, PluginWriter
+from conftest import HostFactory, PluginWriter, run_script_as_nobody
 from sandbox import (
     LaunchError,
     Policy,
@@ -636,26 +636,11 @@ print(json.dumps([e for e in events if e["event"] == "policy_violation"]))
 def test_unprivileged_host_gives_reason(
     plugin: str, plugin_root: Path
 ) -> None:
-    script = plugin_root / "unprivileged_violation.py"
-    script.write_text(UNPRIVILEGED_VIOLATION_SCRIPT)
-    os.chmod(script, 0o644)
-    package_parent = Path(kernelaudit.__file__).resolve().parents[1]
-    completed = subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "nobody",
-            "--",
-            str(REPO / ".venv/bin/python"),
-            str(script),
-            str(plugin_root),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=plugin_root,
-        env=dict(os.environ, PYTHONPATH=str(package_parent)),
-        check=False,
+    completed = run_script_as_nobody(
+        plugin_root,
+        "unprivileged_violation.py",
+        UNPRIVILEGED_VIOLATION_SCRIPT,
+        str(plugin_root),
     )
     assert completed.returncode == 0, completed.stderr
     [violation] = json.loads(completed.stdout)

@@ -26,7 +26,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import REPO, HostFactory, PluginWriter
+from conftest import REPO, HostFactory, PluginWriter, run_script_as_nobody
 from sandbox import (
     PluginCrashed,
     PluginError,
@@ -774,25 +774,12 @@ def test_unprivileged_host(
     secret = plugin_root / "secret.txt"
     secret.write_text("root only\n")
     os.chmod(secret, 0o600)
-    script = shared_folder / "unprivileged_host.py"
-    script.write_text(textwrap.dedent(UNPRIVILEGED_SCRIPT))
-    os.chmod(script, 0o644)
-
-    completed = subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "nobody",
-            "--",
-            str(REPO / ".venv/bin/python"),
-            str(script),
-            str(plugin_root),
-            str(secret),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=shared_folder,
+    completed = run_script_as_nobody(
+        shared_folder,
+        "unprivileged_host.py",
+        UNPRIVILEGED_SCRIPT,
+        str(plugin_root),
+        str(secret),
     )
 
     assert completed.returncode == 0, completed.stderr

@@ -18,7 +18,12 @@ from typing import Any
 import pytest
 
 import sandbox
-from conftest import IS_ROOT, HostFactory, PluginWriter
+from conftest import (
+    IS_ROOT,
+    HostFactory,
+    PluginWriter,
+    run_script_as_nobody,
+)
 from sandbox import PluginCrashed, PolicyViolation, SandboxError
 from sandbox.kernelaudit import (
     SeccompKillWatcher,
@@ -141,25 +146,11 @@ def test_unprivileged_host_keeps_violation(
 ) -> None:
     """A host without CAP_AUDIT_READ cannot rule the filter out."""
     write_plugin("pretender", RUNNER, ["send_sigsys"])
-    script = plugin_root / "unprivileged_sigsys.py"
-    script.write_text(UNPRIVILEGED_SCRIPT)
-    os.chmod(script, 0o644)
-    completed = subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "nobody",
-            "--",
-            str(REPO / ".venv/bin/python"),
-            str(script),
-            str(plugin_root),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=plugin_root,
-        env=dict(os.environ, PYTHONPATH=str(PACKAGE_PARENT)),
-        check=False,
+    completed = run_script_as_nobody(
+        plugin_root,
+        "unprivileged_sigsys.py",
+        UNPRIVILEGED_SCRIPT,
+        str(plugin_root),
     )
     assert completed.returncode == 0, completed.stderr
     report = json.loads(completed.stdout)

@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 
 import sandbox
-from conftest import REPO, HostFactory, PluginWriter, run_python
+from conftest import (
+    HostFactory,
+    PluginWriter,
+    run_python,
+    run_script_as_nobody,
+)
 from sandbox import LaunchError, PluginHost, PolicyError
 from sandbox.uids import (
     DEFAULT_PLUGIN_UIDS,
@@ -472,25 +477,11 @@ def test_unprivileged_host_ignores_plugin_uids(
     write_plugin: PluginWriter, plugin_root: Path
 ) -> None:
     write_plugin("plain", PLAIN_SOURCE, PLAIN_METHODS)
-    script = plugin_root / "unprivileged_host.py"
-    script.write_text(UNPRIVILEGED_SCRIPT)
-    os.chmod(script, 0o644)
-    completed = subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "nobody",
-            "--",
-            str(REPO / ".venv/bin/python"),
-            str(script),
-            str(plugin_root),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=plugin_root,
-        env=dict(os.environ, PYTHONPATH=PACKAGE_PARENT),
-        check=False,
+    completed = run_script_as_nobody(
+        plugin_root,
+        "unprivileged_host.py",
+        UNPRIVILEGED_SCRIPT,
+        str(plugin_root),
     )
     assert completed.returncode == 0, completed.stderr
     report = json.loads(completed.stdout)
