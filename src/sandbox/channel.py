@@ -40,6 +40,7 @@ import math
 import os
 import re
 import reprlib
+import resource
 import select
 import stat
 import struct
@@ -500,7 +501,7 @@ def _encode_fast(
     whose ceiling exceeds it goes to the standard library, which raises
     MemoryError where orjson would crash.
     """
-    plain = _count_binary_if_plain(message)
+    plain = _count_binary_if_plain(message, sized=max_bytes is not None)
     if plain is None:
         return None
     binary_count, size_floor, size_ceiling = plain
@@ -509,7 +510,11 @@ def _encode_fast(
             f"message of at least {size_floor} bytes exceeds the maximum "
             f"of {max_bytes}"
         )
-    if max_bytes is not None and size_ceiling > max_bytes:
+    if (
+        max_bytes is not None
+        and size_ceiling > max_bytes
+        and _escaped_size_ceiling(message) > max_bytes
+    ):
         return None
     try:
         if binary_count == 0:
@@ -530,9 +535,8 @@ def _encode_fast(
 _VALUE_OVERHEAD = 32
 
 
-def _text_bounds(text: str) -> tuple[int, int]:
-    """Return the lower and upper bound of the bytes JSON spends on
-    ``text``.
+def _text_ceiling(text: str) -> int:
+    """Return the most bytes that JSON spends on ``text``, found by scans.
 
     Printable text takes its UTF-8 bytes (one a character in ASCII, at
     most four otherwise) plus a backslash before each quote and
@@ -540,25 +544,54 @@ def _text_bounds(text: str) -> tuple[int, int]:
     """
     length = len(text)
     if not text.isprintable():
-        return length, 6 * length + _VALUE_OVERHEAD
+        return 6 * length + _VALUE_OVERHEAD
     escaped = text.count('"') + text.count("\\")
     utf8_bytes = length if text.isascii() else 4 * length
-    return length, utf8_bytes + escaped + _VALUE_OVERHEAD
+    return utf8_bytes + escaped + _VALUE_OVERHEAD
+
+
+def _escaped_size_ceiling(message: dict[str, Any]) -> int:
+    """Return a tighter upper bound of a plain message's payload size.
+
+    The scans cost about 3 ms a MiB of text, so this runs only when the
+    quick bound of _count_binary_if_plain() is over the limit.
+    """
+    ceiling = 0
+    pending: list[Any] = [message]
+    while pending:
+        container = pending.pop()
+        values = container
+        if type(container) is dict:
+            ceiling += sum(_text_ceiling(key) for key in container)
+            values = container.values()
+        for value in values:
+            kind = type(value)
+            if kind is str:
+                ceiling += _text_ceiling(value)
+            elif kind in _CONTAINERS:
+                pending.append(value)
+            elif kind in _BINARY_TYPES:
+                ceiling += memoryview(value).nbytes + _VALUE_OVERHEAD
+            else:
+                ceiling += _VALUE_OVERHEAD
+    return ceiling
 
 
 def _count_binary_if_plain(
-    message: dict[str, Any],
+    message: dict[str, Any], sized: bool = False
 ) -> tuple[int, int, int] | None:
-    """Return the number of bytes-like values in ``message`` and the
-    lower and upper bound of its payload's size.
+    """Return the number of bytes-like values in ``message`` and, when
+    ``sized``, the lower and upper bound of its payload's size (else 0).
 
     Returns None unless ``message`` is a tree of exact JSON types with
     finite floats, no reserved key and at most MAX_DEPTH levels of
-    nesting.
+    nesting. Summing the sizes costs about half a microsecond for a
+    small message, so only a caller that needs them asks.
     """
     binary_count = 0
+    # Characters of keys and strings plus bytes of attachments.
     size_floor = 0
-    size_ceiling = 0
+    item_count = 0
     level: list[Any] = [message]
     for depth in range(1, MAX_DEPTH + 1):
         nested: list[Any] = []
@@ -567,21 +600,19 @@ def _count_binary_if_plain(
             if type(container) is dict:
                 if BINARY_KEY in container:
                     return None
-                for key in container:
-                    if type(key) is str:
-                        lower, upper = _text_bounds(key)
-                        size_floor += lower
-                        size_ceiling += upper
+                if sized:
+                    try:
+                        size_floor += sum(map(len, container))
+                    except TypeError:  # a key orjson rejects anyway
+                        return None
                 values = container.values()
+            if sized:
+                item_count += len(container)
             for value in values:
                 kind = type(value)
-                if kind is str:
-                    lower, upper = _text_bounds(value)
-                    size_floor += lower
-                    size_ceiling += upper
-                    continue
-                size_ceiling += _VALUE_OVERHEAD
                 if kind in _PLAIN_SCALARS:
+                    if sized and kind is str:
+                        size_floor += len(value)
                     continue
                 if kind is float:
                     # inf - inf and nan - nan are nan, unequal to 0.0.
@@ -592,12 +623,14 @@ def _count_binary_if_plain(
                 elif kind in _BINARY_TYPES and depth < MAX_DEPTH:
                     # The marker object that replaces it is one level more.
                     binary_count += 1
-                    size_floor += len(value)
-                    size_ceiling += memoryview(value).nbytes
+                    if sized:
+                        size_floor += memoryview(value).nbytes
                 else:
                     return None
         if not nested:
-            return binary_count, size_floor, size_ceiling
+            # Six bytes a character covers any \u escape.
+            ceiling = 6 * size_floor + _VALUE_OVERHEAD * (item_count + 1)
+            return binary_count, size_floor, ceiling
         level = nested
     return None
 
@@ -1426,6 +1459,13 @@ class Channel:
         self._transport = transport
         self._max_message_bytes = max_message_bytes
         self._ids = count(1)
+        # Under an address-space limit (a worker) orjson could run out of
+        # memory, and it crashes when it does, so the size of each message
+        # is bounded before it is encoded (see _encode_fast).
+        address_space, _ = resource.getrlimit(resource.RLIMIT_AS)
+        self._encode_limit: int | None = None
+        if address_space != resource.RLIM_INFINITY:
+            self._encode_limit = max_message_bytes
 
     def send_request(
         self,
@@ -1507,7 +1547,7 @@ class Channel:
         self.close()
 
     def _send(self, message: dict[str, Any], timeout: float | None) -> None:
-        payload = encode(message, self._max_message_bytes)
+        payload = encode(message, self._encode_limit)
         if len(payload) > self._max_message_bytes:
             raise MessageTooLarge(
                 f"message of {len(payload)} bytes exceeds the maximum of "
