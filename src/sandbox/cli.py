@@ -1,4 +1,4 @@
-"""The ``sandbox`` command: verify, call, demo and bench.
+"""The ``sandbox`` command: verify, call, run, observe, demo and bench.
 
 Each command is a thin function over the library. The probing behind
 ``verify`` lives in sandbox.verify and the steps of ``demo`` in
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import errno
 import json
 import os
 import platform
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from . import __version__, enforcement, verify
-from .errors import PluginError, SandboxError
+from .errors import LaunchError, PluginError, PolicyError, SandboxError
 from .host import PluginHost
 from .policy import DEFAULT_RESOURCES, Policy, PolicySet
 from .uids import DEFAULT_PLUGIN_UIDS, plan_uids, registry_location
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_verify_parser(commands)
     _add_call_parser(commands)
+    _add_run_parser(commands)
     _add_demo_parser(commands)
     _add_bench_parser(commands)
     _add_observe_parser(commands)
@@ -492,6 +494,91 @@ def _load_policies(path: str | None) -> PolicySet:
     if os.path.isfile(DEFAULT_POLICY):
         return Policy.load(DEFAULT_POLICY)
     return PolicySet.empty()
+
+
+# -- sandbox run -------------------------------------------------------------
+
+
+def _add_run_parser(commands: _Subparsers) -> None:
+    run_parser = commands.add_parser(
+        "run",
+        usage="%(prog)s [-h] [--policy FILE] [--plugin NAME] [--timeout S] "
+        "-- CMD [ARGS...]",
+        help="run any command under a policy",
+        description="Run CMD with the restrictions of a plugin's worker: "
+        "rlimits, a uid of its own as root, Landlock, seccomp and no "
+        "network unless the policy allows it. The command reads only "
+        "the system folders and the policy's filesystem.read, and writes "
+        "to a scratch folder (its working folder, removed afterwards) "
+        "and filesystem.write. Exits with the command's status, 128 + N "
+        "when signal N killed it, 124 on timeout, 126 or 127 when the "
+        "command cannot be run, 1 when the policy cannot be enforced "
+        "here and 2 for an invalid policy.",
+    )
+    run_parser.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="policy file (default: the built-in default-deny policy)",
+    )
+    run_parser.add_argument(
+        "--plugin",
+        metavar="NAME",
+        help="apply the [plugins.NAME] table and, as root, run as that "
+        "plugin's uid (default: [defaults] and a uid kept for sandbox run)",
+    )
+    run_parser.add_argument(
+        "--timeout",
+        metavar="S",
+        type=_positive_seconds,
+        help="wall-clock limit in seconds (default: the policy's timeout)",
+    )
+    run_parser.add_argument(
+        "command_argv",
+        metavar="-- CMD [ARGS...]",
+        nargs=argparse.REMAINDER,
+        help="the command and its arguments",
+    )
+    run_parser.set_defaults(command=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run one command under a policy; return its exit status."""
+    from .run import run_command as run_under_policy
+    from .run import select_policy
+
+    argv = list(args.command_argv)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if not argv:
+        raise UsageError("no command given; pass it after --")
+    try:
+        policy, resources = select_policy(args.policy, args.plugin)
+        timeout: float = args.timeout or resources.timeout or 0
+        # Output this process still buffers must come before the command's.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        result = run_under_policy(
+            argv, policy, resources, timeout=timeout, plugin=args.plugin
+        )
+    except PolicyError as error:
+        raise UsageError(str(error)) from None
+    except LaunchError as error:
+        if error.stage not in ("command", "execve"):
+            raise
+        _print_error(str(error))
+        # The statuses of a shell and of timeout(1).
+        return 127 if error.errno == errno.ENOENT else 126
+    except ValueError as error:
+        _print_error(str(error))
+        return EXIT_FAILED
+    if result.timed_out:
+        _print_error(f"the command timed out after {timeout:g} s; killed")
+    elif result.killed_by_seccomp:
+        _print_error(
+            "the command was killed by SIGSYS, the signal of a seccomp "
+            "kill: a system call through a foreign ABI (i386 or x32)"
+        )
+    return result.status
 
 
 # -- sandbox observe ---------------------------------------------------------
