@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox import channel
+from sandbox import codec as channel_codec
 
 try:
     import orjson
@@ -53,21 +54,23 @@ class Codec:
 
 
 def stdlib_strict_encode(message: Any) -> bytes:
-    return channel._encode_stdlib(message)
+    return channel_codec._encode_stdlib(message)
 
 
 def stdlib_strict_decode(payload: bytes) -> Any:
-    text, attachments = channel._split_frame(payload)
-    message = channel._decode_stdlib(text, markers_allowed=bool(attachments))
+    text, attachments = channel_codec._split_frame(payload)
+    message = channel_codec._decode_stdlib(
+        text, markers_allowed=bool(attachments)
+    )
     if attachments:
-        channel._restore_binary(message, attachments)
+        channel_codec._restore_binary(message, attachments)
     return message
 
 
 def base64_encode(message: dict[str, Any]) -> bytes:
     data = message["result"]["data"]
     as_text = {**message, "result": {"data": base64.b64encode(data).decode()}}
-    return channel._encode_stdlib(as_text)
+    return channel_codec._encode_stdlib(as_text)
 
 
 def base64_decode(payload: bytes) -> Any:
@@ -188,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"python {platform.python_version()}, orjson "
         f"{getattr(orjson, '__version__', 'absent')}, "
-        f"fast encode {channel._FAST_ENCODE}, "
-        f"fast decode {channel._FAST_DECODE}, {platform.machine()}"
+        f"fast encode {channel_codec._FAST_ENCODE}, "
+        f"fast decode {channel_codec._FAST_DECODE}, {platform.machine()}"
     )
     print(f"{'message':8} {'codec':26} {'bytes':>9} {'encode us':>11} "
           f"{'decode us':>11}")  # fmt: skip

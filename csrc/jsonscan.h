@@ -2,7 +2,7 @@
  * One linear pass over JSON text that gathers what a fast JSON parser does
  * not check: nesting depth, object members and long integer literals.
  *
- * src/sandbox/channel.py runs it before and after orjson.loads().  The
+ * src/sandbox/codec.py runs it before and after orjson.loads().  The
  * depth limit is enforced here, before any parser recurses.  The member
  * count is compared with the keys the parser kept, since a parser that
  * silently keeps the last of two duplicate keys returns fewer keys than the

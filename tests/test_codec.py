@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sandbox._native import lib as native
 
-import sandbox.channel
+import sandbox.codec
 from conftest import REPO, HostFactory, PluginWriter, run_python
 from sandbox.channel import (
     BINARY_FRAME_MARK,
@@ -41,22 +41,22 @@ from sandbox.channel import (
 )
 from sandbox.errors import ProtocolError
 
-SRC = Path(sandbox.channel.__file__).resolve().parents[1]
+SRC = Path(sandbox.codec.__file__).resolve().parents[1]
 MIB = 1 << 20
 
 fast_path = pytest.mark.skipif(
-    not sandbox.channel._FAST_DECODE,
+    not sandbox.codec._FAST_DECODE,
     reason="orjson or the C extension is missing",
 )
 
 
 def _decode_stdlib(payload: bytes) -> dict[str, Any]:
     """Decode a plain payload with the standard-library path only."""
-    return sandbox.channel._decode_stdlib(payload, markers_allowed=False)
+    return sandbox.codec._decode_stdlib(payload, markers_allowed=False)
 
 
 def _encode_stdlib(message: Any) -> bytes:
-    return sandbox.channel._encode_stdlib(message)
+    return sandbox.codec._encode_stdlib(message)
 
 
 def _outcome(action: Any, argument: Any) -> str:
@@ -183,7 +183,7 @@ def test_long_integers_stay_exact(payload: bytes) -> None:
 @fast_path
 def test_fast_path_checks_depth_before_parsing() -> None:
     with pytest.raises(ProtocolError, match="deeper than the maximum"):
-        sandbox.channel._decode_fast(b"[" * 100_000, markers_allowed=False)
+        sandbox.codec._decode_fast(b"[" * 100_000, markers_allowed=False)
 
 
 @fast_path
@@ -198,7 +198,7 @@ def test_fast_path_checks_depth_before_parsing() -> None:
     ],
 )
 def test_fast_path_rejects_duplicate_keys(payload: bytes) -> None:
-    assert sandbox.channel._decode_fast(payload, markers_allowed=False) is None
+    assert sandbox.codec._decode_fast(payload, markers_allowed=False) is None
     with pytest.raises(ProtocolError, match="duplicate key"):
         decode(payload)
 
@@ -206,7 +206,7 @@ def test_fast_path_rejects_duplicate_keys(payload: bytes) -> None:
 @fast_path
 def test_fast_path_used_for_plain_messages() -> None:
     payload = encode(make_request(5, "m", {"a": [1, 2.5, "x", None, True]}))
-    value = sandbox.channel._decode_fast(payload, markers_allowed=False)
+    value = sandbox.codec._decode_fast(payload, markers_allowed=False)
     assert value == decode(payload)
     assert value is not None
 
@@ -389,7 +389,7 @@ def test_encode_rejects_non_json(value: Any) -> None:
     [v for k, v in REJECTED.items() if "key" not in k and "surr" not in k],
 )
 def test_fast_walk_leaves_non_json_to_stdlib(value: Any) -> None:
-    assert sandbox.channel._count_binary_if_plain({"v": [value]}) is None
+    assert sandbox.codec._count_binary_if_plain({"v": [value]}) is None
 
 
 @fast_path
@@ -412,7 +412,7 @@ def test_fast_encode_only_below_size_ceiling(
 ) -> None:
     # Past the ceiling the standard library encodes, which raises
     # MemoryError where orjson would crash the process.
-    payload = sandbox.channel._encode_fast({"v": text}, 4000)
+    payload = sandbox.codec._encode_fast({"v": text}, 4000)
     assert (payload is not None) is to_orjson
 
 
@@ -673,14 +673,14 @@ def test_mangled_tables_and_markers(
 def test_hostile_frames_rejected_in_place(payload: bytes) -> None:
     # Transports hand large frames over in a bytearray, parsed in place.
     with pytest.raises(ProtocolError):
-        sandbox.channel._decode_owned(bytearray(payload))
+        sandbox.codec._decode_owned(bytearray(payload))
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=60), st.booleans())
 def test_decode_in_place_agrees_with_decode(tail: bytes, binary: bool) -> None:
     payload = BINARY_FRAME_MARK + tail if binary else b'{"v":' + tail + b"}"
-    in_place = _outcome(sandbox.channel._decode_owned, bytearray(payload))
+    in_place = _outcome(sandbox.codec._decode_owned, bytearray(payload))
     assert in_place == _outcome(decode, payload)
 
 
@@ -688,7 +688,7 @@ def test_decode_in_place_agrees_with_decode(tail: bytes, binary: bool) -> None:
 @given(JSON_WITH_BYTES)
 def test_binary_round_trip_in_place(value: Any) -> None:
     message = {"v": value}
-    decoded = sandbox.channel._decode_owned(bytearray(encode(message)))
+    decoded = sandbox.codec._decode_owned(bytearray(encode(message)))
     assert decoded == message
     assert not _holds_bytearray(decoded)
 
@@ -741,9 +741,9 @@ def test_codec_works_without_optional_module(
         f"""
         import sys
         sys.modules[{blocked!r}] = None
-        from sandbox import channel
+        from sandbox import channel, codec
         from sandbox.errors import ProtocolError
-        print(channel._FAST_ENCODE, channel._FAST_DECODE)
+        print(codec._FAST_ENCODE, codec._FAST_DECODE)
         message = {{"a": [1, 2.5, None, "é"], "b": b"\\x00\\xff"}}
         print(channel.decode(channel.encode(message)) == message)
         accepted = []
@@ -767,7 +767,7 @@ def test_codec_works_without_optional_module(
 # -- bytes through a real worker -------------------------------------------
 
 BINARY_SOURCE = """
-    import sandbox.channel
+    import sandbox.codec
 
 
     def echo(data):
@@ -775,7 +775,7 @@ BINARY_SOURCE = """
 
 
     def codec():
-        return [sandbox.channel._FAST_ENCODE, sandbox.channel._FAST_DECODE]
+        return [sandbox.codec._FAST_ENCODE, sandbox.codec._FAST_DECODE]
 """
 
 
@@ -792,7 +792,7 @@ def test_megabyte_of_bytes_through_worker(binary_host: Any) -> None:
 
 
 def test_worker_uses_fast_codec(binary_host: Any) -> None:
-    expected = [sandbox.channel._FAST_ENCODE, sandbox.channel._FAST_DECODE]
+    expected = [sandbox.codec._FAST_ENCODE, sandbox.codec._FAST_DECODE]
     assert binary_host.execute_plugin("binary", "codec") == expected
 
 

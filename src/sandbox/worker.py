@@ -23,8 +23,8 @@ from types import ModuleType
 from typing import Any
 
 from . import channel as rpc
+from . import codec, procstate
 from . import plugin as plugin_api
-from . import procstate
 from .errors import CapabilityDenied, ProtocolError
 
 CHANNEL_FD = 3
@@ -49,7 +49,7 @@ def main() -> int:
     bootstrap = read_bootstrap(BOOTSTRAP_FD)
     sys.path[:0] = [p for p in bootstrap["sys_path"] if p not in sys.path]
     # orjson is importable only now that its folder is on sys.path.
-    rpc.enable_fast_codec()
+    codec.enable_fast_codec()
     procstate.harden(bootstrap["plugin"]["name"])
     channel = open_channel(
         bootstrap["max_message_bytes"], bootstrap.get("channel", {})
@@ -157,7 +157,7 @@ class Server:
             return
         try:
             self.channel.send_result(request.id, result)
-        except rpc.MessageTooLarge as error:
+        except codec.MessageTooLarge as error:
             # A limit of the channel, not a fault of the plugin's code: the
             # host raises ProtocolError for it.
             data = {"type": "ProtocolError", "limit": "max_message_bytes"}

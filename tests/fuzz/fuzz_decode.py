@@ -2,7 +2,7 @@
 
     python tests/fuzz/fuzz_decode.py -max_total_time=60 build/fuzz/decode
 
-Each input is one frame payload. channel.decode() must return a dict or
+Each input is one frame payload. codec.decode() must return a dict or
 raise ProtocolError, and must do the same with its fast path (orjson and
 the C scan) and with the standard library alone: equal values of equal
 types, or ProtocolError from both. A decoded message then goes through the
@@ -23,19 +23,19 @@ from fuzz_common import instrumented, main, optional_atheris
 
 atheris = optional_atheris()
 with instrumented(atheris):
-    from sandbox import channel
+    from sandbox import channel, codec
     from sandbox.errors import ProtocolError
 
 
 def decode_both_ways(data: bytes) -> dict[str, Any] | None:
     """Return the decoded message, or None when both paths reject it."""
     fast = _decode_or_none(data)
-    saved = channel._FAST_DECODE
-    channel._FAST_DECODE = False
+    saved = codec._FAST_DECODE
+    codec._FAST_DECODE = False
     try:
         plain = _decode_or_none(data)
     finally:
-        channel._FAST_DECODE = saved
+        codec._FAST_DECODE = saved
     if typed(fast) != typed(plain):
         raise AssertionError(
             f"fast path gave {fast!r:.200}, standard library {plain!r:.200}"
@@ -45,7 +45,7 @@ def decode_both_ways(data: bytes) -> dict[str, Any] | None:
 
 def _decode_or_none(data: bytes) -> dict[str, Any] | None:
     try:
-        message = channel.decode(data)
+        message = codec.decode(data)
     except ProtocolError:
         return None
     if type(message) is not dict:
