@@ -307,7 +307,8 @@ def _wants_network_namespace(config: WorkerConfig) -> bool:
 
     Only without network, and only where the launcher can create one: a
     host that drops the uid is root. It is a third layer under seccomp's
-    socket rules and Landlock's TCP rules, which hold on their own.
+    socket rules and Landlock's TCP rules, each of which denies the
+    network alone.
     """
     return (
         config.policy.network is False
