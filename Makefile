@@ -88,14 +88,15 @@ native: $(STAMP)
 check-readable:
 	@if [ -n "$(IS_ROOT)" ] && id nobody >/dev/null 2>&1 && \
 	    ! runuser -u nobody -- test -r $(CURDIR)/src/sandbox/worker.py; then \
-	    echo "error: $(CURDIR) is not readable by user nobody, which"; \
-	    echo "the workers run as. Clone the repository outside /root"; \
-	    echo "(for example under /opt or /srv) and run make again."; \
+	    echo "error: $(CURDIR) is not readable by user nobody. Workers"; \
+	    echo "run under unprivileged uids that must read it: clone the"; \
+	    echo "repository outside /root (for example under /opt or /srv)"; \
+	    echo "and run make again."; \
 	    exit 1; \
 	fi
 
-# Workers of a root host run as nobody, who must traverse every folder
-# up to the venv and the tests, so the temporary trees go under /var/tmp
+# Workers of a root host run under unprivileged uids, which must traverse
+# every folder up to the venv and the tests, so the temporary trees go under /var/tmp
 # (mode 1777), never under /root or $TMPDIR of a user.
 SCRATCH_ROOT ?= /var/tmp
 DIST := dist
