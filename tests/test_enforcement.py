@@ -17,7 +17,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -463,7 +463,12 @@ def test_violation_named_after_kill_burst(
     seconds = time.monotonic() - started
     assert killed == KILL_BURST
     assert seconds < RATELIMIT_WINDOW
-    [violation] = events_named(events, "policy_violation")
+    # A root host with per-plugin uids also reports the burst's children.
+    [violation] = [
+        event
+        for event in events_named(events, "policy_violation")
+        if event["plugin"] == plugin
+    ]
     assert violation["pid"] == pid
     assert violation["syscall"] == X32_GETPID, violation
     assert violation["reported_by"] == "kernel"
@@ -742,3 +747,179 @@ def test_demo_prints_audit_stream(capsys: pytest.CaptureFixture[str]) -> None:
     assert started
     assert sorted(started) == sorted(stopped)
     assert "  audit: capability_denied env-protection" in out
+
+
+# -- seccomp kills of a worker's descendants ----------------------------------
+
+DESCENDANT_WAIT_SECONDS = 10.0
+FLOOD_CHILDREN = 100
+WATCHER_THREAD = "sandbox-seccomp-kills"
+
+
+def descendant_violations(events: list[dict[str, Any]]) -> list[Any]:
+    return [
+        event
+        for event in events_named(events, "policy_violation")
+        if event.get("process") == "descendant"
+    ]
+
+
+def wait_for_kills(
+    events: list[dict[str, Any]], count: int
+) -> list[dict[str, Any]]:
+    """Wait until the descendant events account for ``count`` kills.
+
+    Each event stands for itself and the kills suppressed before it.
+    """
+    deadline = time.monotonic() + DESCENDANT_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        found = descendant_violations(events)
+        if sum(1 + event["suppressed"] for event in found) >= count:
+            break
+        time.sleep(0.05)
+    # Longer than a rate window, so that a late or repeated event shows.
+    time.sleep(2 * kernelaudit.RECORD_WAIT_SECONDS)
+    return descendant_violations(events)
+
+
+def recording_thread(
+    events: list[dict[str, Any]], threads: list[str]
+) -> Callable[[dict[str, Any]], None]:
+    """Return a subscriber that also records the thread of each event."""
+
+    def record(event: dict[str, Any]) -> None:
+        threads.append(threading.current_thread().name)
+        events.append(event)
+
+    return record
+
+
+needs_plugin_uid = pytest.mark.skipif(
+    not IS_ROOT, reason="per-plugin uids need a root host"
+)
+
+
+@needs_x32
+@needs_kill_records
+@needs_plugin_uid
+def test_descendant_kill_reported(make_host: HostFactory, plugin: str) -> None:
+    host = make_host()
+    events: list[dict[str, Any]] = []
+    threads: list[str] = []
+    host.subscribe(recording_thread(events, threads))
+    worker_pid = host.enforcement_report(plugin)["pid"]
+    killed = host.execute_plugin(plugin, "kill_children", {"count": 1})
+    assert killed == 1
+    [violation] = wait_for_kills(events, 1)
+    assert violation["plugin"] == plugin
+    assert violation["process"] == "descendant"
+    assert violation["worker_pid"] == worker_pid
+    assert violation["pid"] != worker_pid
+    assert violation["syscall"] == X32_GETPID, violation
+    assert violation["syscall_name"] == "getpid (x32 ABI)"
+    assert violation["arch"] == "c000003e"
+    assert violation["reported_by"] == "kernel"
+    assert violation["suppressed"] == 0
+    assert events_named(events, "worker_crashed") == []
+    # The worker lives on, and the event came from the watcher's thread.
+    assert host.enforcement_report(plugin)["pid"] == worker_pid
+    assert host.execute_plugin(plugin, "echo", {"value": 2}) == 2
+    assert threads[events.index(violation)] == WATCHER_THREAD
+
+
+@needs_x32
+@needs_kill_records
+@needs_plugin_uid
+def test_worker_kill_reported_once(
+    make_host: HostFactory, plugin: str
+) -> None:
+    """The worker's own kill goes to its death report alone."""
+    host = make_host()
+    events: list[dict[str, Any]] = []
+    host.subscribe(events.append)
+    with pytest.raises(PolicyViolation):
+        host.execute_plugin(plugin, "x32_getpid")
+    time.sleep(2 * kernelaudit.RECORD_WAIT_SECONDS)
+    [violation] = events_named(events, "policy_violation")
+    assert "process" not in violation
+    assert violation["syscall"] == X32_GETPID, violation
+
+
+@needs_x32
+@needs_kill_records
+@needs_plugin_uid
+def test_descendant_flood_is_bounded(
+    make_host: HostFactory, plugin: str
+) -> None:
+    bound = kernelaudit.DESCENDANT_EVENTS_PER_SECOND
+    host = make_host()
+    events: list[dict[str, Any]] = []
+    host.subscribe(events.append)
+    started = time.monotonic()
+    killed = host.execute_plugin(
+        plugin, "kill_children", {"count": FLOOD_CHILDREN}
+    )
+    seconds = time.monotonic() - started
+    assert killed == FLOOD_CHILDREN
+    violations = wait_for_kills(events, FLOOD_CHILDREN)
+    # One rate window per started second of the flood, and the release
+    # of the latest suppressed kill after the last window.
+    windows = int(seconds) + 1
+    assert len(violations) <= bound * windows + 1, violations
+    total = sum(1 + event["suppressed"] for event in violations)
+    assert total == FLOOD_CHILDREN
+    assert max(event["suppressed"] for event in violations) > 0
+    assert all(event["syscall"] == X32_GETPID for event in violations)
+
+
+@needs_x32
+@needs_kill_records
+def test_shared_uid_host_skips_descendants(
+    make_host: HostFactory, plugin: str
+) -> None:
+    """With plugin_uids=None every plugin of a root host runs as nobody,
+    as other hosts and daemons may, so a kill under that uid names no
+    single plugin and the host reports none."""
+    host = make_host(plugin_uids=None)
+    events: list[dict[str, Any]] = []
+    host.subscribe(events.append)
+    killed = host.execute_plugin(plugin, "kill_children", {"count": 1})
+    assert killed == 1
+    # The worker's own kill comes after the child's, and the watcher
+    # reads records in order, so by its event the child's was read.
+    with pytest.raises(PolicyViolation):
+        host.execute_plugin(plugin, "x32_getpid")
+    time.sleep(2 * kernelaudit.RECORD_WAIT_SECONDS)
+    [violation] = events_named(events, "policy_violation")
+    assert "process" not in violation
+    assert violation["reported_by"] == "kernel"
+
+
+@pytest.mark.parametrize(
+    "comm",
+    ['"python3"', '"x uid=7 "', "207569643D3720"],
+    ids=["plain", "uid_in_quotes", "hex"],
+)
+def test_parser_reads_uid_outside_comm(comm: str) -> None:
+    text = KILL_TEXT.format(comm=comm).replace(" uid=0 ", " uid=1234 ")
+    [record] = parsed(netlink_datagram(1326, text))
+    assert record.uid == 1234
+
+
+def test_parser_ignores_uid_inside_comm() -> None:
+    text = KILL_TEXT.format(comm='"x uid=7"').replace(" uid=0 ", " ")
+    [record] = parsed(netlink_datagram(1326, text))
+    assert record.uid is None
+    assert record.pid == 42
+
+
+def test_watcher_rejects_shared_uids() -> None:
+    watcher = kernelaudit.SeccompKillWatcher()
+    nobody = pwd.getpwnam("nobody").pw_uid
+    for uid in (0, os.getuid(), nobody):
+        with pytest.raises(ValueError, match="nobody"):
+            watcher.register_uid(uid, "probe")
+    watcher.register_uid(nobody - 1, "probe")
+    with pytest.raises(ValueError, match="registered for plugin 'probe'"):
+        watcher.register_uid(nobody - 1, "other")
+    watcher.close()

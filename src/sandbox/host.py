@@ -232,9 +232,9 @@ class PluginHost:
         self._death_monitor = (
             WorkerDeathMonitor() if self.transport == "shm" else None
         )
-        # Names the system call of a seccomp kill. Its thread starts with
-        # the first worker.
-        self._kill_watcher = SeccompKillWatcher()
+        # Names the system call of a seccomp kill, and reports the kills
+        # of workers' descendants. Its thread starts with the first worker.
+        self._kill_watcher = SeccompKillWatcher(self.audit)
         self._closed = False
         _unclosed_hosts.add(self)
 
@@ -503,8 +503,10 @@ class PluginHost:
     def _start_worker(self, manifest: PluginManifest) -> WorkerProcess:
         """Start a worker in the slot reserved by _worker() and pool it."""
         try:
+            config = self._config(manifest)
+            self._watch_plugin_uid(manifest.name, config.identity)
             worker = WorkerProcess(
-                self._config(manifest),
+                config,
                 self._granted(manifest),
                 self._broker,
                 self.audit,
@@ -528,6 +530,19 @@ class PluginHost:
             worker.stop()
             raise SandboxError("the PluginHost is closed")
         return worker
+
+    def _watch_plugin_uid(
+        self, plugin: str, identity: Identity | None
+    ) -> None:
+        """Have the kill watcher report kills under the plugin's own uid.
+
+        Only a uid from plugin_uids names one plugin. ``nobody``, a
+        policy's user and the host's uid may be shared, so a kill under
+        one of them cannot be attributed to a plugin.
+        """
+        own_uid = self._plugin_uids.get(plugin)
+        if identity is not None and identity.uid == own_uid:
+            self._kill_watcher.register_uid(own_uid, plugin)
 
     def _spawn(self, request: SpawnRequest) -> SpawnedProcess:
         try:

@@ -22,27 +22,39 @@ been dropped, it also reads the kernel's count of lost records and its
 queue length (AUDIT_GET, which needs CAP_AUDIT_CONTROL).
 SeccompLogCollector reads the LOG records of one observed worker after
 its calls, from a socket with a large receive buffer.
+
+A worker's children and grandchildren have pids the host never learns,
+but they keep the worker's real uid, which the record also carries. A
+root host that gives each plugin a uid of its own registers that uid, and
+the watcher reports a kill under it as a policy_violation of the plugin,
+at most DESCENDANT_EVENTS_PER_SECOND per plugin.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import math
 import os
 import platform
+import pwd
 import re
 import select
 import socket
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import seccomp
+from .audit import AuditLog
 
 __all__ = [
+    "DESCENDANT_EVENTS_PER_SECOND",
     "RECORD_WAIT_SECONDS",
     "AuditGroupUnavailable",
     "AuditStatus",
@@ -83,6 +95,16 @@ RECORD_WAIT_SECONDS = 1.0
 # so only a caller that never calls forget() reaches it. The oldest pid
 # goes first.
 MAX_WATCHED_PIDS = 4096
+# Maximum policy_violation events per plugin and second for the kills of
+# a worker's descendants. A plugin can fork and kill children as fast as
+# it likes, so more would let it flood the audit log. Each event counts
+# the kills left out before it in ``suppressed``.
+DESCENDANT_EVENTS_PER_SECOND = 10
+_EVENT_WINDOW_SECONDS = 1.0
+# Worker pids kept per uid, newest last. The kill record of a worker that
+# arrives after the host forgot its pid then still counts as the worker's
+# own, which its death already reported, and not as a descendant's.
+_RECENT_WORKERS_KEPT = 16
 _NLMSGHDR = struct.Struct("=IHHII")
 # The first fields of struct audit_status: mask, enabled, failure, pid,
 # rate_limit, backlog_limit, lost and backlog, each a u32.
@@ -127,6 +149,8 @@ class SeccompRecord:
     signal: int | None
     # The SECCOMP_RET_* action, for example 0x80000000 for a process kill.
     code: int
+    # The process's real uid, or None when the record has no valid one.
+    uid: int | None = None
 
     @property
     def is_kill(self) -> bool:
@@ -335,7 +359,7 @@ def parse_seccomp_text(text: str) -> SeccompRecord | None:
         return None
     pid, syscall = fields.get("pid", ""), fields.get("syscall", "")
     arch, code = fields.get("arch", ""), fields.get("code", "")
-    signal = fields.get("sig", "")
+    signal, uid = fields.get("sig", ""), fields.get("uid", "")
     if not (_DECIMAL.fullmatch(pid) and _DECIMAL.fullmatch(syscall)):
         return None
     if not (_HEX.fullmatch(arch) and _HEX.fullmatch(code)):
@@ -346,6 +370,7 @@ def parse_seccomp_text(text: str) -> SeccompRecord | None:
         arch=arch,
         signal=int(signal) if _DECIMAL.fullmatch(signal) else None,
         code=int(code, 16),
+        uid=int(uid) if _DECIMAL.fullmatch(uid) else None,
     )
 
 
@@ -414,6 +439,51 @@ _NO_KILL_RECORD = (
 )
 
 
+@dataclass(frozen=True)
+class _DescendantKill:
+    """A kill record under a plugin's uid, of a pid that is no worker."""
+
+    plugin: str
+    record: SeccompRecord
+    # The plugin's registered worker when the record arrived, if any.
+    worker_pid: int | None
+
+    def event_fields(self, suppressed: int) -> dict[str, Any]:
+        """Return the policy_violation event's fields for the kill."""
+        fields: dict[str, Any] = {
+            "pid": self.record.pid,
+            "signal": "SIGSYS",
+            "syscall": self.record.syscall,
+            "syscall_name": self.record.syscall_name,
+            "arch": self.record.arch,
+            "reported_by": "kernel",
+            "process": "descendant",
+            "suppressed": suppressed,
+        }
+        if self.worker_pid is not None:
+            fields["worker_pid"] = self.worker_pid
+        return fields
+
+
+@dataclass
+class _UidOwner:
+    """The plugin that a registered uid names, and its event budget."""
+
+    plugin: str
+    worker_pid: int | None = None
+    recent_workers: deque[int] = field(
+        default_factory=lambda: deque(maxlen=_RECENT_WORKERS_KEPT)
+    )
+    # The start (time.monotonic()) of the current one-second window and
+    # the events reported in it.
+    window_start: float = -math.inf
+    reported: int = 0
+    # Kills left out since the last event, and the latest of them, which
+    # is reported once the window ends if no other kill comes first.
+    suppressed: int = 0
+    latest_suppressed: _DescendantKill | None = None
+
+
 class SeccompKillWatcher:
     """Kill records of registered pids, read by a thread as they arrive.
 
@@ -421,9 +491,26 @@ class SeccompKillWatcher:
     join, ``unavailable`` contains the reason and find_kill() returns None
     at once. Register a pid right after its spawn and forget it once its
     death has been reported.
+
+    With an ``audit`` log, the thread also emits a policy_violation event
+    for each kill of a process that runs as a uid given to register_uid()
+    but is no registered pid, that is, a descendant of a worker. It emits
+    at most ``events_per_second`` of them per plugin.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        audit: AuditLog | None = None,
+        *,
+        events_per_second: int = DESCENDANT_EVENTS_PER_SECOND,
+    ) -> None:
+        if events_per_second < 1:
+            raise ValueError(
+                f"events_per_second must be at least 1, got "
+                f"{events_per_second}"
+            )
+        self._audit = audit
+        self._events_per_second = events_per_second
         self.unavailable: str | None = None
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
@@ -438,6 +525,10 @@ class SeccompKillWatcher:
         # Each registered pid in registration order, for MAX_WATCHED_PIDS.
         self._watched: dict[int, _Watch] = {}
         self._overflows = 0
+        self._uid_owners: dict[int, _UidOwner] = {}
+        # Descendant kills and their suppressed counts, which the thread
+        # emits outside the locks, so that a subscriber may call back in.
+        self._reportable: list[tuple[_DescendantKill, int]] = []
 
     def start(self) -> bool:
         """Join the group and start the thread, and return whether it runs.
@@ -467,8 +558,12 @@ class SeccompKillWatcher:
         )
         self._thread.start()
 
-    def register(self, pid: int) -> None:
-        """Keep the kill record of ``pid`` from now on."""
+    def register(self, pid: int, uid: int | None = None) -> None:
+        """Keep the kill record of ``pid``, a worker running as ``uid``.
+
+        When register_uid() was given ``uid``, the policy_violation
+        events of that uid's descendant kills name ``pid`` as worker_pid.
+        """
         # NOTE: kauditd sends records asynchronously, so the kill record
         # of an earlier process with this pid that arrives after this
         # call would count as the new process's own.
@@ -482,11 +577,47 @@ class SeccompKillWatcher:
             self._watched[pid] = _Watch(self._overflows, lost)
             while len(self._watched) > MAX_WATCHED_PIDS:
                 del self._watched[next(iter(self._watched))]
+            owner = None if uid is None else self._uid_owners.get(uid)
+            if owner is not None:
+                owner.worker_pid = pid
+                owner.recent_workers.append(pid)
 
     def forget(self, pid: int) -> None:
         """Stop keeping records of ``pid``, whose number may be reused."""
         with self._lock:
             self._watched.pop(pid, None)
+            for owner in self._uid_owners.values():
+                if owner.worker_pid == pid:
+                    owner.worker_pid = None
+
+    def register_uid(self, uid: int, plugin: str) -> None:
+        """Report the seccomp kills of processes running as ``uid``.
+
+        ``uid`` must name ``plugin`` alone: no other plugin's workers and
+        no process outside the sandbox may run as it. The watcher keeps
+        it until close(), because a descendant can outlive its worker.
+        Raises ValueError for root, the host's own uids, ``nobody`` and
+        a uid registered for another plugin.
+        """
+        # NOTE: the watcher sees the records of the whole machine. A
+        # second host whose plugin runs as the same uid, such as one
+        # with a registry or uid range that overlaps this host's, has
+        # its descendants' kills reported here too.
+        if uid in _shared_uids():
+            raise ValueError(
+                f"uid {uid} is root, the host's own uid or nobody, which "
+                f"other processes share, so it cannot name plugin "
+                f"{plugin!r}: register a uid from plugin_uids"
+            )
+        with self._lock:
+            owner = self._uid_owners.get(uid)
+            if owner is not None and owner.plugin != plugin:
+                raise ValueError(
+                    f"uid {uid} is registered for plugin {owner.plugin!r}, "
+                    f"so it cannot also name plugin {plugin!r}"
+                )
+            if owner is None and not self._closed:
+                self._uid_owners[uid] = _UidOwner(plugin)
 
     def find_kill(
         self, pid: int, timeout: float = RECORD_WAIT_SECONDS
@@ -617,17 +748,25 @@ class SeccompKillWatcher:
         )
 
     def close(self) -> None:
-        """Stop the thread and close the socket. Safe to call twice."""
+        """Stop the thread and close the socket. Safe to call twice.
+
+        Kills that the thread has not reported yet are dropped.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             thread = self._thread
+            self._uid_owners.clear()
+            self._reportable.clear()
             self._arrived.notify_all()
         if thread is not None:
             assert self._wake_fd is not None
             os.eventfd_write(self._wake_fd, 1)
-            thread.join()
+            # A subscriber that closes the host runs in the thread itself,
+            # which then stops at its next check of _closed.
+            if thread is not threading.current_thread():
+                thread.join()
         with self._reading:
             if self._socket is not None:
                 self._socket.close()
@@ -642,11 +781,12 @@ class SeccompKillWatcher:
         poller.register(self._socket.fileno(), select.POLLIN)
         poller.register(self._wake_fd, select.POLLIN)
         try:
-            while True:
-                ready = {fd for fd, _ in poller.poll()}
+            while not self._is_closed():
+                ready = {fd for fd, _ in poller.poll(self._poll_timeout())}
                 if self._wake_fd in ready:
-                    return
+                    os.eventfd_read(self._wake_fd)
                 self._drain()
+                self._report_descendant_kills()
         except OSError as error:
             # Nothing can catch an error raised in this thread.
             logger.exception("reading seccomp audit records failed")
@@ -657,18 +797,116 @@ class SeccompKillWatcher:
                 self._thread = None
                 self._arrived.notify_all()
 
+    def _is_closed(self) -> bool:
+        with self._lock:
+            return self._closed
+
     def _keep(self, records: list[SeccompRecord], overflows: int) -> None:
+        now = time.monotonic()
         with self._arrived:
             self._overflows += overflows
             for record in records:
-                watch = self._watched.get(record.pid)
-                if not record.is_kill or watch is None:
+                if not record.is_kill:
                     continue
+                watch = self._watched.get(record.pid)
+                if watch is None:
+                    self._admit_descendant_kill(record, now)
                 # The first record wins, so the kill of a process that
                 # reused the pid cannot replace the worker's own.
-                if watch.record is None:
+                elif watch.record is None:
                     watch.record = record
                     self._arrived.notify_all()
+            if self._reportable and not self._in_thread():
+                # Only the thread emits events, so wake it to report the
+                # kills that a drain by examine() found.
+                assert self._wake_fd is not None
+                os.eventfd_write(self._wake_fd, 1)
+
+    def _in_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def _admit_descendant_kill(
+        self, record: SeccompRecord, now: float
+    ) -> None:
+        """Queue the event of a descendant's kill, or count it suppressed."""
+        if self._audit is None or record.uid is None:
+            return
+        owner = self._uid_owners.get(record.uid)
+        if owner is None or record.pid in owner.recent_workers:
+            return
+        kill = _DescendantKill(owner.plugin, record, owner.worker_pid)
+        if now - owner.window_start >= _EVENT_WINDOW_SECONDS:
+            owner.window_start, owner.reported = now, 0
+        if owner.reported < self._events_per_second:
+            owner.reported += 1
+            self._reportable.append((kill, owner.suppressed))
+            owner.suppressed, owner.latest_suppressed = 0, None
+        else:
+            owner.suppressed += 1
+            owner.latest_suppressed = kill
+
+    def _release_suppressed(self, now: float) -> None:
+        """Report the latest suppressed kill of each window that ended.
+
+        Without it, a plugin that floods once and then stops would keep
+        the suppressed count out of the audit log.
+        """
+        for owner in self._uid_owners.values():
+            kill = owner.latest_suppressed
+            ended = now - owner.window_start >= _EVENT_WINDOW_SECONDS
+            if kill is None or not ended:
+                continue
+            owner.window_start, owner.reported = now, 1
+            # The released kill is one of the suppressed ones.
+            self._reportable.append((kill, owner.suppressed - 1))
+            owner.suppressed, owner.latest_suppressed = 0, None
+
+    def _poll_timeout(self) -> int | None:
+        """Return the milliseconds until a window with suppressed kills ends.
+
+        Returns None, so that poll() waits for a record, when no window
+        has suppressed kills.
+        """
+        with self._lock:
+            window_ends = [
+                owner.window_start + _EVENT_WINDOW_SECONDS
+                for owner in self._uid_owners.values()
+                if owner.latest_suppressed is not None
+            ]
+        if not window_ends:
+            return None
+        seconds = min(window_ends) - time.monotonic()
+        return max(0, math.ceil(seconds * 1000))
+
+    def _report_descendant_kills(self) -> None:
+        """Emit the queued events, from the thread and outside the locks."""
+        with self._lock:
+            self._release_suppressed(time.monotonic())
+            reportable, self._reportable = self._reportable, []
+        if self._audit is None:
+            return
+        for kill, suppressed in reportable:
+            # An error here must not end the thread, which the death of
+            # every worker depends on.
+            try:
+                self._audit.emit(
+                    "policy_violation",
+                    kill.plugin,
+                    **kill.event_fields(suppressed),
+                )
+            except Exception:
+                logger.exception(
+                    "reporting the seccomp kill of pid %d failed",
+                    kill.record.pid,
+                )
+
+
+def _shared_uids() -> set[int]:
+    """Return the uids that processes other than one plugin's run as."""
+    uids = {0, os.getuid(), os.geteuid()}
+    with contextlib.suppress(KeyError):
+        uids.add(pwd.getpwnam("nobody").pw_uid)
+    return uids
 
 
 def _lost_count() -> int | str:

@@ -223,7 +223,9 @@ class WorkerProcess:
         # The worker runs no plugin code before the host sends the
         # bootstrap, so the plugin's seccomp kills come after this call.
         if self._kill_watcher is not None:
-            self._kill_watcher.register(pid)
+            identity = self.config.identity
+            uid = None if identity is None else identity.uid
+            self._kill_watcher.register(pid, uid)
             self._watched_pid = pid
 
     @property
