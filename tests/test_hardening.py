@@ -17,6 +17,7 @@ from sandbox import (
     PluginTimeout,
     ProtocolError,
     SandboxError,
+    seccomp,
 )
 from sandbox.uids import DEFAULT_PLUGIN_UIDS, assign_plugin_uids
 
@@ -89,6 +90,28 @@ def test_deep_scratch_folder_is_removed(
     root = host.scratch_root
     host.close()
     assert [name for name in os.listdir(root) if "digger" in name] == []
+
+
+def test_failed_spawn_plan_leaks_nothing(
+    write_plugin: PluginWriter,
+    make_host: HostFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write_plugin("plain", "def ping():\n    return 'pong'\n", ["ping"])
+    host = make_host()
+
+    def fail(spec: object) -> None:
+        raise RuntimeError("no seccomp program today")
+
+    monkeypatch.setattr(seccomp, "build_filter", fail)
+    descriptors = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="no seccomp program"):
+            host.execute_plugin("plain", "ping")
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    root = host.scratch_root
+    assert [name for name in os.listdir(root) if "plain" in name] == []
+    assert psutil.Process().children() == []
 
 
 def test_forged_hello_reply_leaks_no_worker(

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+import sandbox.observe
 from sandbox import PluginError, Policy
 from sandbox.cli import main as cli_main
 from sandbox.observe import Observation, Usage, observe_plugin
@@ -513,3 +514,22 @@ def test_observe_spares_uid_not_its_own(
         _end(pid)
     assert observation.succeeded
     assert survived
+
+
+@needs_root
+def test_failed_cleanup_becomes_note(
+    write_plugin: PluginWriter,
+    plugin_root: Path,
+    uid_registry: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(uid: int) -> bool:
+        raise PermissionError(1, "cannot switch to the plugin's uid")
+
+    monkeypatch.setattr(sandbox.observe, "kill_processes_of", refuse)
+    write_plugin("quiet", "def run():\n    return 1\n", ["run"])
+    observation = observe_plugin(
+        [plugin_root], "quiet", [("run", {})], uid_registry=uid_registry
+    )
+    assert observation.calls[0].result == 1
+    assert any("could not end the processes" in n for n in observation.notes)

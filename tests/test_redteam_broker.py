@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from conftest import IS_ROOT, HostFactory, PluginWriter
-from sandbox import PluginHost
+from sandbox import PluginHost, PolicyError
 from sandbox.fileaccess import open_in_identity_thread
 from sandbox.launcher import Identity
 from sandbox.policy import FileAccessPolicy, Policy, PolicySet
@@ -355,13 +355,18 @@ def test_proc_folder_hides_host_environment(
     plugin_root: Path,
     pytestconfig: pytest.Config,
 ) -> None:
-    # Policy files cannot name /proc; a Policy built in code skips that
-    # check, so the plugin's uid is what must stop this read.
+    # No policy may name /proc. Past that first layer (forced here by
+    # changing a frozen policy after its checks), the plugin's uid is
+    # what must stop this read.
+    with pytest.raises(PolicyError, match="pseudo-filesystem"):
+        FileAccessPolicy(read=("/proc",))
+    files = FileAccessPolicy()
+    object.__setattr__(files, "read", ("/proc",))
     write_plugin("reader", RUNNER, ["attempt"], ("read_file",))
     reader = Policy(
         name="reader",
         capabilities=frozenset({"read_file"}),
-        files=FileAccessPolicy(read=("/proc",)),
+        files=files,
     )
     policies = PolicySet(
         source="<code>",

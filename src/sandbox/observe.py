@@ -426,19 +426,39 @@ class _Run:
             self._make_calls(worker, calls)
             self._collect(worker)
         finally:
-            if self.sampler is not None:
-                self.sampler.stop()
-            worker.stop(interrupt=True)
+            try:
+                self._stop(worker, kernel_log, pid)
+            finally:
+                kernel_log.close()
+
+    def _stop(
+        self,
+        worker: WorkerProcess,
+        kernel_log: kernelaudit.SeccompLogCollector,
+        pid: int | None,
+    ) -> None:
+        """Stop the worker and what it left, then read the kernel records.
+
+        A failure here is noted rather than raised, so that it never
+        hides the error that ended the calls.
+        """
+        if self.sampler is not None:
+            self.sampler.stop()
+        worker.stop(interrupt=True)
+        try:
             self._kill_leftovers()
-            pids = self.sampler.pids if self.sampler else set()
-            self.kernel_calls = kernel_log.collect(
-                pids,
-                pid if self.report else None,
-                _native_number("syslog"),
-                _RECORD_WAIT_SECONDS,
+        except OSError as error:
+            self.notes.append(
+                f"could not end the processes of uid {self.own_uid}: {error}"
             )
-            self.notes += kernel_log.problems
-            kernel_log.close()
+        pids = self.sampler.pids if self.sampler else set()
+        self.kernel_calls = kernel_log.collect(
+            pids,
+            pid if self.report else None,
+            _native_number("syslog"),
+            _RECORD_WAIT_SECONDS,
+        )
+        self.notes += kernel_log.problems
 
     def _kill_leftovers(self) -> None:
         """Kill the processes of the plugin's uid that outlived the worker.

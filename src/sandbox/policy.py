@@ -590,6 +590,8 @@ class FileAccessPolicy:
                     f"expected a tuple of paths, got {_show(paths)}"
                 )
             _check_unique_list(paths, where.at(key), _check_normalised_path)
+            for index, path in enumerate(paths):
+                _check_not_pseudo_filesystem(path, where.at(key).item(index))
 
     def readable(self) -> tuple[str, ...]:
         """Return the folders that may be read: ``read``, then ``write``."""
@@ -805,6 +807,16 @@ def _check_files_folder(value: object, where: _Where) -> str:
     The check follows symbolic links, so a link to /proc is rejected too.
     """
     path = _check_existing_folder(value, where)
+    _check_not_pseudo_filesystem(path, where)
+    return path
+
+
+def _check_not_pseudo_filesystem(path: str, where: _Where) -> None:
+    """Reject a folder in /proc, /sys or /dev, following links.
+
+    A FileAccessPolicy built in code gets this check too, so no way of
+    making a policy lets the host open such a file for a plugin.
+    """
     real = os.path.realpath(path)
     for root in _PSEUDO_FILESYSTEMS:
         if real == root or real.startswith(root + "/"):
@@ -816,7 +828,6 @@ def _check_files_folder(value: object, where: _Where) -> str:
                 "that the host must not open for a plugin; choose a "
                 "folder elsewhere"
             )
-    return path
 
 
 def _parse_resources(value: object, where: _Where) -> Resources:

@@ -8,7 +8,6 @@ returned WorkerPlan until the worker stops.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import json
 import logging
@@ -89,15 +88,19 @@ class WorkerPlan:
 
 def plan_worker(config: WorkerConfig) -> WorkerPlan:
     """Build the spawn request for one worker of ``config``."""
+    # Without the Linux mechanisms only a host with strict=False gets
+    # here, and its workers go without Landlock and seccomp. What can
+    # fail without holding a resource comes before the first one.
+    kernel_layers = has_linux_features()
+    seccomp_bpf = _worker_seccomp_program(config) if kernel_layers else b""
+    environment = worker_environment(config.policy)
+    rlimits = worker_rlimits(config.resources)
     scratch = make_scratch(config)
     opened: list[int] = []
     segment = None
     try:
         ruleset_fd = -1
         report: landlock.RulesetReport | None = None
-        # Without the Linux mechanisms only a host with strict=False gets
-        # here, and its workers go without Landlock and seccomp.
-        kernel_layers = has_linux_features()
         if kernel_layers and not config.observe:
             ruleset_fd, report = build_ruleset(config, scratch)
             opened.append(ruleset_fd)
@@ -132,7 +135,7 @@ def plan_worker(config: WorkerConfig) -> WorkerPlan:
     request = SpawnRequest(
         path=config.runtime.interpreter,
         argv=worker_argv(config),
-        env=worker_environment(config.policy),
+        env=environment,
         cwd=scratch,
         descriptors={
             0: devnull,
@@ -141,14 +144,12 @@ def plan_worker(config: WorkerConfig) -> WorkerPlan:
             child_target: child_fd,
             4: bootstrap_read,
         },
-        rlimits=worker_rlimits(config.resources),
+        rlimits=rlimits,
         identity=config.identity,
         new_network_namespace=_wants_network_namespace(config),
         landlock_fd=ruleset_fd,
-        seccomp_bpf=_seccomp_program(config.policy) if kernel_layers else b"",
+        seccomp_bpf=seccomp_bpf,
     )
-    if config.observe and kernel_layers:
-        request = observe_request(request)
     return WorkerPlan(
         request=request,
         host_socket=host_socket,
@@ -318,8 +319,11 @@ def _wants_network_namespace(config: WorkerConfig) -> bool:
     )
 
 
-def _seccomp_program(policy: Policy) -> bytes:
-    return seccomp.build_filter(filter_spec(policy)).bpf
+def _worker_seccomp_program(config: WorkerConfig) -> bytes:
+    """Return the seccomp program of the worker of ``config``."""
+    if config.observe:
+        return observe_program()
+    return seccomp.build_filter(filter_spec(config.policy)).bpf
 
 
 def filter_spec(policy: Policy) -> seccomp.FilterSpec:
@@ -379,17 +383,16 @@ def bootstrap_bytes(
     return json.dumps(payload).encode()
 
 
-def observe_request(request: SpawnRequest) -> SpawnRequest:
-    """Swap in observe mode's seccomp program.
+def observe_program() -> bytes:
+    """Return observe mode's seccomp program.
 
     The program logs each call that the default-deny program would
     reject. The environment stays the policy's allowlist: the worker
     records the names the plugin reads whether or not they are set, so
-    no host variable needs to reach code under evaluation. The caller has
-    built no Landlock ruleset.
+    no host variable needs to reach code under evaluation. The caller
+    builds no Landlock ruleset.
     """
-    program = seccomp.build_filter(seccomp.FilterSpec(log_only=True))
-    return dataclasses.replace(request, seccomp_bpf=program.bpf)
+    return seccomp.build_filter(seccomp.FilterSpec(log_only=True)).bpf
 
 
 def _socketpair() -> tuple[int, int]:
