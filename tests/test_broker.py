@@ -25,7 +25,12 @@ import pytest
 
 from conftest import IS_ROOT, HostFactory, PluginWriter
 from sandbox import PluginCrashed, PluginError, PluginHost
-from sandbox.broker import MESSAGE_ENVELOPE_BYTES, Argument, redact_secrets
+from sandbox.broker import (
+    MESSAGE_ENVELOPE_BYTES,
+    Argument,
+    redact_secrets,
+    secret_forms,
+)
 from sandbox.fileaccess import openat2
 from sandbox.process import LOG_TAIL_BYTES
 
@@ -785,3 +790,100 @@ def test_file_mode_denial_names_uid(
     outcome = attempt(host, "filer", "read_file", path=str(locked))
     assert "as uid" not in outcome["denied"]
     assert not (locked / "report.txt").exists()
+
+
+# -- secrets in oversized replies and escaped text ----------------------------
+
+KEY_ERROR_SOURCE = """
+from sandbox.plugin import get_secret
+
+
+def raise_key_error(name):
+    raise KeyError(get_secret(name))
+"""
+
+
+def test_oversized_secret_reply_denied(
+    write_plugin: PluginWriter,
+    make_host: HostFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    write_plugin("keeper", ATTEMPT, ["attempt", "echo"], ("get_secret",))
+    write_plugin("bystander", ATTEMPT, ["echo"])
+    host = make_host(
+        {
+            "plugins": {
+                "keeper": {
+                    "capabilities": ["get_secret"],
+                    "secrets": [SECRET_NAME],
+                    "max_message_bytes": 1024,
+                }
+            }
+        }
+    )
+    # Random, so that any 16 characters of it found in a text are a leak.
+    long_secret = secrets.token_hex(1000)
+    host.provide_secret("keeper", SECRET_NAME, long_secret)
+    events: Events = []
+    host.subscribe(events.append)
+    pid_before = host.worker_status("keeper")["pid"]
+
+    with caplog.at_level(logging.DEBUG):
+        outcome = attempt(host, "keeper", "get_secret", name=SECRET_NAME)
+    assert "larger than the plugin's max_message_bytes" in outcome["denied"]
+
+    failed = [e for e in events if e["event"] == "capability_failed"]
+    assert len(failed) == 1
+    assert failed[0]["capability"] == "get_secret"
+
+    texts = {
+        "reply": json.dumps(outcome),
+        "events": json.dumps(events),
+        "logs": "\n".join(record.getMessage() for record in caplog.records),
+    }
+    for where, text in texts.items():
+        assert long_secret[:16] not in text, where
+
+    assert host.worker_status("keeper")["pid"] == pid_before
+    check_still_serving(host, "keeper")
+
+
+def test_escaped_secret_redacted_in_plugin_error(
+    write_plugin: PluginWriter, make_host: HostFactory
+) -> None:
+    write_plugin(
+        "keeper", KEY_ERROR_SOURCE, ["raise_key_error"], ("get_secret",)
+    )
+    host = make_host(
+        {
+            "plugins": {
+                "keeper": {
+                    "capabilities": ["get_secret"],
+                    "secrets": [SECRET_NAME],
+                }
+            }
+        }
+    )
+    # repr() escapes the quote, backslash and newline, so the raw value
+    # never appears in str(KeyError(secret)).
+    head, tail = secrets.token_hex(8), secrets.token_hex(8)
+    escaped_secret = f"{head}'\"\\\n{tail}"
+    host.provide_secret("keeper", SECRET_NAME, escaped_secret)
+    with pytest.raises(PluginError) as info:
+        host.execute_plugin("keeper", "raise_key_error", {"name": SECRET_NAME})
+    error = info.value
+    assert error.type_name == "KeyError"
+    assert "[redacted]" in error.message
+    assert "[redacted]" in error.traceback
+    for part in (head, tail):
+        assert part not in error.message
+        assert part not in error.traceback
+        assert part not in str(error)
+
+
+def test_secret_forms_cover_repr_and_json() -> None:
+    value = "a'b\"c\\d\ne"
+    forms = secret_forms(value)
+    assert repr(value)[1:-1] in forms
+    assert json.dumps(value)[1:-1] in forms
+    assert value in forms

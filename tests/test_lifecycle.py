@@ -852,3 +852,28 @@ def test_broken_manifest_spares_other_plugins(
         host.execute_plugin("broken", "ping")
     assert "plugin.toml" in str(caught.value)
     assert caught.value.key is not None
+
+
+def test_failed_start_kills_spawned_worker(
+    bystander: Path,
+    plugin_root: Path,
+    shared_folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sandbox.process import WorkerProcess
+
+    def fail_after_spawn(self: WorkerProcess, pid: int) -> None:
+        spawned.append(pid)
+        raise RuntimeError("step after the spawn failed")
+
+    spawned: list[int] = []
+    monkeypatch.setattr(WorkerProcess, "_watch_for_kill", fail_after_spawn)
+    scratch_root = shared_folder / "scratch"
+    children_before = set(live_children())
+    with PluginHost([plugin_root], scratch_root=str(scratch_root)) as host:
+        with pytest.raises(RuntimeError, match="after the spawn"):
+            host.execute_plugin("bystander", "pid")
+        assert len(spawned) == 1
+        assert not psutil.pid_exists(spawned[0])
+        assert set(live_children()) == children_before
+        assert os.listdir(scratch_root) == []

@@ -179,8 +179,8 @@ def redact_secrets(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def _escaped_forms(secret: str) -> set[str]:
-    """Return ``secret`` as repr() and JSON may write it inside a string.
+def secret_forms(secret: str) -> set[str]:
+    """Return ``secret`` raw and as repr() and JSON write it in a string.
 
     A handler's error text may contain a secret escaped, such as the
     repr() that str(KeyError(secret)) returns, where the raw value no
@@ -402,7 +402,7 @@ class CapabilityBroker:
         """Replace each secret of ``plugin``, raw or escaped, in ``text``."""
         forms: set[str] = set()
         for secret in self.secret_values(plugin):
-            forms |= _escaped_forms(secret)
+            forms |= secret_forms(secret)
         return redact_secrets(text, forms)
 
     def _redactor(self, plugin: str) -> Redactor:

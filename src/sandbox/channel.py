@@ -805,9 +805,11 @@ class Channel:
     def _send(self, message: dict[str, Any], timeout: float | None) -> None:
         payload = encode(message, self._encode_limit)
         if len(payload) > self._max_message_bytes:
+            # The text gives only the sizes, because the message can carry
+            # a secret and this text reaches audit events, logs and callers.
             raise MessageTooLarge(
                 f"message of {len(payload)} bytes exceeds the maximum of "
-                f"{self._max_message_bytes}: {_show(message)}"
+                f"{self._max_message_bytes}"
             )
         try:
             self._transport.send(payload, timeout=timeout)

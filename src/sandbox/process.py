@@ -21,7 +21,7 @@ from typing import Any
 from . import channel as rpc
 from . import enforcement, kernelaudit
 from .audit import AuditLog
-from .broker import CapabilityBroker, redact_secrets
+from .broker import CapabilityBroker, redact_secrets, secret_forms
 from .errors import (
     CapabilityDenied,
     LaunchError,
@@ -125,6 +125,10 @@ class WorkerProcess:
             self._watch_for_kill(self._process.pid)
         except BaseException:
             plan.close_child_side()
+            if self._process is not None:
+                # The spawn succeeded, so the child's process group is
+                # killed and reaped, because it must not outlive the failure.
+                self._kill_and_reap()
             self._release()
             raise
         plan.close_child_side()
@@ -473,7 +477,42 @@ class WorkerProcess:
                 request.id, rpc.INTERNAL_ERROR, str(error), timeout=timeout
             )
             return
-        channel.send_result(request.id, result, timeout=timeout)
+        try:
+            channel.send_result(request.id, result, timeout=timeout)
+        except rpc.MessageTooLarge as error:
+            self._reject_oversized_result(
+                request.id, capability, error, timeout
+            )
+
+    def _reject_oversized_result(
+        self,
+        request_id: int,
+        capability: str,
+        error: rpc.MessageTooLarge,
+        timeout: float,
+    ) -> None:
+        """Deny a capability whose result exceeds max_message_bytes.
+
+        The host's handler made the result, so the worker is not blamed
+        and keeps running. The reply, the event and the log give sizes
+        only, because the result can contain a secret.
+        """
+        # The broker granted the request, so the name is a registered one.
+        reason = (
+            f"the result of capability {capability!r} is larger than the "
+            f"plugin's max_message_bytes: {error}"
+        )
+        self._audit.emit(
+            "capability_failed",
+            self.name,
+            capability=capability,
+            reason=reason,
+        )
+        logger.warning("plugin %r: %s", self.name, reason)
+        assert self._channel is not None
+        self._channel.send_error(
+            request_id, rpc.CAPABILITY_DENIED, reason, timeout=timeout
+        )
 
     def _reply_error(self, error: dict[str, Any]) -> SandboxError:
         code = error["code"]
@@ -509,7 +548,18 @@ class WorkerProcess:
 
     def _redact(self, text: str) -> str:
         """Replace the secrets provided to this plugin in worker text."""
-        return redact_secrets(text, self._broker.secret_values(self.name))
+        return redact_secrets(text, self._secret_forms())
+
+    def _secret_forms(self) -> set[str]:
+        """Return each secret of this plugin raw, repr()- and JSON-escaped.
+
+        An exception's text, such as str(KeyError(secret)), shows a secret
+        escaped, where the raw value no longer matches.
+        """
+        forms: set[str] = set()
+        for secret in self._broker.secret_values(self.name):
+            forms |= secret_forms(secret)
+        return forms
 
     # -- death ---------------------------------------------------------------
 
@@ -593,7 +643,7 @@ class WorkerProcess:
         """Return the end of the worker's output, its secrets redacted."""
         if self._plan is None:
             return ""
-        secrets = self._broker.secret_values(self.name)
+        secrets = self._secret_forms()
         # The window is read wider by the longest secret, then cut after
         # redaction, so that a secret the window start splits is not left
         # half shown.
