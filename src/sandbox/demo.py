@@ -38,8 +38,8 @@ from .cli import (
 from .errors import PluginError, SandboxError
 from .host import PluginHost
 from .launcher import Identity
-from .runtime import resolve_identity
-from .uids import DEFAULT_PLUGIN_UIDS, plan_uids, registry_location
+from .runtime import plan_host_uids, resolve_identity
+from .uids import DEFAULT_PLUGIN_UIDS
 
 __all__ = [
     "MECHANISM_ERRORS",
@@ -350,15 +350,11 @@ def plugin_identity(plugin: str) -> Identity | None:
     same uid the host reads when it starts. None: a host that is not root
     runs workers as itself.
     """
-    as_root = os.geteuid() == 0
-    uids = plan_uids(
-        [plugin],
-        DEFAULT_PLUGIN_UIDS,
-        as_root=as_root,
-        registry=registry_location(None),
-    )
+    uids = plan_host_uids({plugin: None}, DEFAULT_PLUGIN_UIDS, registry=None)
     return resolve_identity(
-        None, as_root=as_root, plugin_uid=uids.plugin_uids.get(plugin)
+        None,
+        as_root=os.geteuid() == 0,
+        plugin_uid=uids.plugin_uids.get(plugin),
     )
 
 

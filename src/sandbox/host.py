@@ -46,15 +46,15 @@ from .platform import unsupported_reason
 from .policy import Policy, PolicySet, Resources
 from .process import WorkerProcess, WorkerStopped
 from .runtime import (
-    check_policy_users,
     check_runtime_readable,
+    plan_host_uids,
     resolve_identity,
     resolve_interpreter,
     worker_runtime,
 )
 from .shm import WorkerDeathMonitor, resolve_transport
 from .spawnplan import WorkerConfig, sweep_scratch_root
-from .uids import DEFAULT_PLUGIN_UIDS, plan_uids, registry_location
+from .uids import DEFAULT_PLUGIN_UIDS
 
 logger = logging.getLogger("sandbox.host")
 
@@ -180,24 +180,17 @@ class PluginHost:
         )
         sweep_scratch_root(self.scratch_root)
         # Raises ValueError for an invalid range, also when not root.
-        as_root = os.geteuid() == 0
-        uid_plan = plan_uids(
-            self.plugins,
+        uid_plan = plan_host_uids(
+            {
+                name: self.policies.for_plugin(name).user
+                for name in self.plugins
+            },
             plugin_uids,
-            as_root=as_root,
-            registry=registry_location(uid_registry),
+            registry=uid_registry,
+            source=self.policies.source,
+            allow_shared_users=allow_shared_users,
         )
         self._plugin_uids = dict(uid_plan.plugin_uids)
-        if as_root:
-            check_policy_users(
-                {
-                    name: self.policies.for_plugin(name).user
-                    for name in self.plugins
-                },
-                uid_plan,
-                source=self.policies.source,
-                allow_shared_users=allow_shared_users,
-            )
         # False: start plugins even where the kernel cannot enforce part of
         # their policy, and report each gap as a protection_missing event.
         self.strict = strict

@@ -71,8 +71,8 @@ from .manifest import PluginManifest, discover_plugins
 from .policy import _ENV_NAME, Policy, PolicySet, Resources
 from .process import WorkerProcess
 from .runtime import (
-    check_policy_users,
     check_runtime_readable,
+    plan_host_uids,
     resolve_identity,
     resolve_interpreter,
     worker_runtime,
@@ -81,8 +81,6 @@ from .spawnplan import WORKER_BASE_ENVIRONMENT, WorkerConfig
 from .uids import (
     DEFAULT_PLUGIN_UIDS,
     kill_processes_of,
-    plan_uids,
-    registry_location,
 )
 
 __all__ = ["OBSERVE_RESOURCES", "CallRecord", "Observation", "observe_plugin"]
@@ -308,19 +306,13 @@ def _observe_identity(
     Checks the policy users as PluginHost does.
     """
     as_root = os.geteuid() == 0
-    plan = plan_uids(
-        manifests,
+    plan = plan_host_uids(
+        {name: policies.for_plugin(name).user for name in manifests},
         plugin_uids,
-        as_root=as_root,
-        registry=registry_location(uid_registry),
+        registry=uid_registry,
+        source=policies.source,
+        allow_shared_users=allow_shared_users,
     )
-    if as_root:
-        check_policy_users(
-            {name: policies.for_plugin(name).user for name in manifests},
-            plan,
-            source=policies.source,
-            allow_shared_users=allow_shared_users,
-        )
     user = policies.for_plugin(plugin).user
     own_uid = plan.plugin_uids.get(plugin)
     identity = resolve_identity(user, as_root=as_root, plugin_uid=own_uid)

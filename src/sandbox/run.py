@@ -56,7 +56,7 @@ from .errors import LaunchError, PolicyError
 from .launcher import Identity, SpawnedProcess, SpawnRequest, spawn
 from .platform import unsupported_reason
 from .policy import DEFAULT_RESOURCES, Policy, PolicySet, Resources
-from .runtime import check_policy_users, resolve_identity, unreadable_path
+from .runtime import plan_host_uids, resolve_identity, unreadable_path
 from .spawnplan import (
     filter_spec,
     make_scratch_root,
@@ -65,8 +65,6 @@ from .spawnplan import (
 )
 from .uids import (
     DEFAULT_PLUGIN_UIDS,
-    plan_uids,
-    registry_location,
 )
 
 # Programs, the dynamic loader and the shared libraries, whatever the
@@ -261,14 +259,12 @@ def run_identity(policy: Policy, plugin: str | None) -> Identity | None:
     """
     as_root = os.geteuid() == 0
     name = plugin or RUN_UID_NAME
-    uid_plan = plan_uids(
-        [name],
+    uid_plan = plan_host_uids(
+        {name: policy.user},
         DEFAULT_PLUGIN_UIDS,
-        as_root=as_root,
-        registry=registry_location(None),
+        registry=None,
+        source=policy.source,
     )
-    if as_root:
-        check_policy_users({name: policy.user}, uid_plan, source=policy.source)
     return resolve_identity(
         policy.user, as_root=as_root, plugin_uid=uid_plan.plugin_uids.get(name)
     )

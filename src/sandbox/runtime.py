@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from .errors import LaunchError, PolicyError
 from .launcher import Identity
-from .uids import UidPlan
+from .uids import UidPlan, plan_uids, registry_location
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_USER = "nobody"
@@ -199,6 +199,38 @@ def resolve_identity(
             "identity", 1, "refusing to run a plugin as root (uid 0)"
         )
     return identity
+
+
+def plan_host_uids(
+    users: Mapping[str, str | int | None],
+    plugin_uids: range | None,
+    *,
+    registry: str | os.PathLike[str] | None,
+    source: str | None = None,
+    allow_shared_users: bool = False,
+) -> UidPlan:
+    """Return the uids of a host's plugins after checking their users.
+
+    ``users`` maps each plugin to its policy's ``user``. A root host
+    reads the uids from the registry (sandbox.uids.plan_uids, with
+    registry_location() applied to ``registry``) and then runs
+    check_policy_users() on them.
+    """
+    as_root = os.geteuid() == 0
+    plan = plan_uids(
+        users,
+        plugin_uids,
+        as_root=as_root,
+        registry=registry_location(registry),
+    )
+    if as_root:
+        check_policy_users(
+            users,
+            plan,
+            source=source,
+            allow_shared_users=allow_shared_users,
+        )
+    return plan
 
 
 def check_policy_users(
