@@ -398,12 +398,20 @@ class CapabilityBroker:
         """Replace each secret value provided to ``plugin`` in ``text``."""
         return redact_secrets(text, self.secret_values(plugin))
 
-    def _redact_escaped(self, plugin: str, text: str) -> str:
-        """Replace each secret of ``plugin``, raw or escaped, in ``text``."""
+    def secret_forms_of(self, plugin: str) -> set[str]:
+        """Return each secret of ``plugin`` raw, repr()- and JSON-escaped.
+
+        An exception's text, such as str(KeyError(secret)), shows a secret
+        escaped, where the raw value no longer matches.
+        """
         forms: set[str] = set()
         for secret in self.secret_values(plugin):
             forms |= secret_forms(secret)
-        return redact_secrets(text, forms)
+        return forms
+
+    def _redact_escaped(self, plugin: str, text: str) -> str:
+        """Replace each secret of ``plugin``, raw or escaped, in ``text``."""
+        return redact_secrets(text, self.secret_forms_of(plugin))
 
     def _redactor(self, plugin: str) -> Redactor:
         secrets = self.secret_values(plugin)

@@ -21,7 +21,7 @@ from typing import Any
 from . import channel as rpc
 from . import enforcement, kernelaudit
 from .audit import AuditLog
-from .broker import CapabilityBroker, redact_secrets, secret_forms
+from .broker import CapabilityBroker, redact_secrets
 from .errors import (
     CapabilityDenied,
     LaunchError,
@@ -548,18 +548,7 @@ class WorkerProcess:
 
     def _redact(self, text: str) -> str:
         """Replace the secrets provided to this plugin in worker text."""
-        return redact_secrets(text, self._secret_forms())
-
-    def _secret_forms(self) -> set[str]:
-        """Return each secret of this plugin raw, repr()- and JSON-escaped.
-
-        An exception's text, such as str(KeyError(secret)), shows a secret
-        escaped, where the raw value no longer matches.
-        """
-        forms: set[str] = set()
-        for secret in self._broker.secret_values(self.name):
-            forms |= secret_forms(secret)
-        return forms
+        return redact_secrets(text, self._broker.secret_forms_of(self.name))
 
     # -- death ---------------------------------------------------------------
 
@@ -643,7 +632,7 @@ class WorkerProcess:
         """Return the end of the worker's output, its secrets redacted."""
         if self._plan is None:
             return ""
-        secrets = self._secret_forms()
+        secrets = self._broker.secret_forms_of(self.name)
         # The window is read wider by the longest secret, then cut after
         # redaction, so that a secret the window start splits is not left
         # half shown.
