@@ -247,8 +247,8 @@ apply_rlimits(const struct sandbox_spawn_args *args)
 }
 
 /*
- * A network namespace of its own holds only a loopback device that is
- * down, so even a socket the filter let through reaches nothing; its
+ * A network namespace of its own contains only a loopback device that is
+ * down, so even a socket the filter let through reaches nothing.  Its
  * abstract unix sockets are its own too.  Needs CAP_SYS_ADMIN, which the
  * uid drop below takes away.
  */

@@ -84,9 +84,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Root hosts record plugin uids in a registry that is never pruned;
-    # tests, and the hosts they start in subprocesses, use a throwaway
-    # one instead of the machine's.
+    # Root hosts record plugin uids in a registry that is never pruned, so
+    # tests, and the hosts they start in subprocesses, use a throwaway one
+    # instead of the machine's.
     if REGISTRY_ENVIRONMENT not in os.environ:
         folder = tempfile.mkdtemp(prefix="sandbox-test-uids-")
         os.environ[REGISTRY_ENVIRONMENT] = os.path.join(folder, "uids.json")

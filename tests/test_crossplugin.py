@@ -10,12 +10,15 @@ sockets, files and pid unchanged.
 Every test runs twice: with per-plugin uids (the default of a root host)
 and with one shared uid (``plugin_uids=None``, every plugin ``nobody``).
 
-What holds with one shared uid too, because another layer stops it:
-signals (Landlock's signal scope), ptrace and process_vm_readv
-(seccomp), /proc/PID/* of another worker (non-dumpable workers), the
-host's /proc entries (root owns them), abstract unix sockets (Landlock's
-socket scope), and writes into another worker's scratch folder (Landlock
-grants no rule there).
+Protected with one shared uid too, because another layer stops each:
+
+- signals (Landlock's signal scope);
+- ptrace and process_vm_readv (seccomp);
+- /proc/PID/* of another worker (non-dumpable workers);
+- the host's /proc entries (root owns them);
+- abstract unix sockets (Landlock's socket scope);
+- writes into another worker's scratch folder (Landlock grants no rule
+  there).
 
 What only per-plugin uids protect, marked xfail(strict=True) in shared
 mode so that the suite lists them: connecting to a pathname socket in

@@ -314,7 +314,7 @@ def test_oversized_result_near_memory_limit_fails_cleanly(
     make_host: HostFactory, faulty: Path
 ) -> None:
     # Encoding a third of the address space limit as JSON would need more
-    # memory than is left; the size check must come first, not a crash.
+    # memory than is left, so the size check must come before any crash.
     host = make_host(LIMITS)
     worker_pid = host.execute_plugin("faulty", "pid")
     with pytest.raises(SandboxError) as caught:

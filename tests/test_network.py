@@ -507,7 +507,7 @@ def test_host_abstract_socket_denied(
 
 # (family, type, protocol) passed to socket() through syscall(). The
 # comment of each case gives what the kernel alone returns to a worker
-# without capabilities, so each case tells the filter from the kernel.
+# without capabilities, so each case separates the filter from the kernel.
 SOCKET_CASES = {
     # EINVAL: type 15 is not a socket type.
     "AF_PACKET": (17, 15, 0),

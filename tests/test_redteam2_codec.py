@@ -1,9 +1,9 @@
 """Replies that JSON escapes or long keys make larger than they look.
 
 orjson crashes the process with SIGSEGV when its output buffer cannot
-grow, so the worker's encoder bounds a reply's size before orjson runs:
-keys count towards the floor, and a reply whose escapes could push it
-past max_message_bytes goes to the standard library, which raises
+grow, so the worker's encoder bounds a reply's size before orjson runs.
+Keys count towards the floor. A reply whose escapes could push it past
+max_message_bytes goes to the standard library, which raises
 MemoryError instead. A worker near its memory limit must fail the call
 with a typed error, never die of SIGSEGV.
 """

@@ -425,7 +425,7 @@ def test_failing_handler_text_stays_in_host(
     secret: str,
 ) -> None:
     # str(KeyError(x)) is repr(x), escaped, and the handler's text may
-    # hold anything the host knows.
+    # contain any of the host's data.
     host, events = _failing_host(
         write_plugin, make_host, KeyError(f"row for {secret} at db:5432")
     )

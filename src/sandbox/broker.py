@@ -328,7 +328,7 @@ class CapabilityBroker:
     ) -> SandboxError:
         """Record a handler's failure and return the error for the plugin.
 
-        The handler's text can contain anything the host knows, so the
+        The handler's text can contain any of the host's data, so the
         plugin gets a message that names only the capability.
         """
         text = f"{type(error).__name__}: {error}"

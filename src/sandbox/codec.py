@@ -23,7 +23,7 @@ of payload, is a ProtocolError. Attachments count towards a channel's
 max_message_bytes like the rest of the payload.
 
 With orjson installed, encode() and decode() use it and add the checks it
-lacks; the standard library's json decides every case that this fast path
+lacks. The standard library's json decides every case that this fast path
 leaves open, so both accept the same messages. The sandboxed worker imports
 this module, so besides the standard library it imports only orjson and the
 package's C extension, both optional.
@@ -510,7 +510,8 @@ def _count_binary_if_plain(
     Returns None unless ``message`` is a tree of exact JSON types with
     finite floats, no reserved key and at most MAX_DEPTH levels of
     nesting. Summing the sizes costs about half a microsecond for a
-    small message, so only a caller that needs them asks.
+    small message (measured with timeit), so it is done only when
+    ``sized`` is true.
     """
     binary_count = 0
     # Characters of keys and strings plus bytes of attachments.

@@ -346,7 +346,7 @@ def judge_attempt(attempt: object) -> tuple[str, bool]:
 def plugin_identity(plugin: str) -> Identity | None:
     """Return the identity the demo's host gives ``plugin``'s workers.
 
-    The uid registry (sandbox.uids) holds it, so asking first records the
+    The uid registry (sandbox.uids) contains it, so asking first records the
     same uid the host reads when it starts. None: a host that is not root
     runs workers as itself.
     """
@@ -365,8 +365,9 @@ def prepare_files_folders(base: str = FILES_FOLDER) -> str:
     it, writes INPUT_FILE into the first and removes an earlier report
     from the second. The host opens files there with the plugin's uid,
     so the report folder belongs to that uid (on a root host) and the
-    others to this user, each writable by its owner only: another user's
-    folder could change what the host reads or where it writes. Raises
+    others to this user. Each is writable by its owner only, because
+    another user's folder could change what the host reads or where it
+    writes. Raises
     FileExistsError when a folder fails that check.
     """
     input_folder = os.path.join(base, INPUT_FOLDER)

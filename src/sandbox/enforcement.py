@@ -239,7 +239,7 @@ def running_report(
     process.read_kernel_status() reads and ``kernel_rlimits`` the output
     of read_rlimits(), both read after the worker started. The kernel
     offers no read-back of a process's Landlock domain, so the Landlock
-    layer reports the ruleset that the launcher enforced; the launch
+    layer reports the ruleset that the launcher enforced. The launch
     fails when landlock_restrict_self fails.
     """
     policy = facts.policy

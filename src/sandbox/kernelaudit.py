@@ -392,7 +392,7 @@ def _fields(text: str) -> dict[str, str] | None:
 
 @dataclass
 class _Watch:
-    """What the watcher keeps for one registered pid."""
+    """The watcher's state for one registered pid."""
 
     # The socket's overflow count when the pid was registered.
     overflows_before: int
@@ -404,12 +404,12 @@ class _Watch:
 
 @dataclass(frozen=True)
 class SigsysEvidence:
-    """What the audit records show about a worker's death by SIGSYS."""
+    """The audit records' evidence about a worker's death by SIGSYS."""
 
     # The kill record of the worker's pid, if one arrived.
     record: SeccompRecord | None
-    # Why the record could be missing though a seccomp program killed the
-    # worker, or None when every record the kernel wrote reached the host.
+    # The reason the record could be missing though a seccomp program
+    # killed the worker, or None when every record reached the host.
     gap: str | None
 
     @property
@@ -599,7 +599,7 @@ class SeccompKillWatcher:
         Raises ValueError for root, the host's own uids, ``nobody`` and
         a uid registered for another plugin.
         """
-        # NOTE: the watcher sees the records of the whole machine. A
+        # NOTE: the watcher receives the records of the whole machine. A
         # second host whose plugin runs as the same uid, such as one
         # with a registry or uid range that overlaps this host's, has
         # its descendants' kills reported here too.

@@ -359,7 +359,7 @@ def _observe_broker(
 ) -> CapabilityBroker:
     """Return a broker that grants every capability the manifest lists.
 
-    read_env still answers only the names ``base`` lists, so no other
+    read_env still returns only the variables that ``base`` lists, so no other
     host variable reaches code under evaluation; the names asked for are
     recorded all the same, from the denials.
     """

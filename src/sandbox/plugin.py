@@ -91,10 +91,10 @@ def read_file(path: str) -> bytes:
 
     ``path`` is absolute and lies beneath a folder of the policy's
     ``files.read`` or ``files.write`` list. Needs capability
-    ``read_file``. A path that leaves its folder, through ``..`` or a
-    symbolic link, a file that is not a regular file, a file larger
-    than one message can carry and, on a root host, a file that this
-    plugin's uid may not read raise CapabilityDenied.
+    ``read_file``. Raises CapabilityDenied for a path that leaves its
+    folder (through ``..`` or a symbolic link) and for a file that is not
+    a regular file, is larger than one message can carry or, on a root
+    host, may not be read by this plugin's uid.
     """
     data = call_capability("read_file", path=path)
     if not isinstance(data, bytes):

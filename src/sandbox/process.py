@@ -691,7 +691,7 @@ def _sigsys_death(name: str, seccomp_ruled_out: bool) -> PluginCrashed:
     program acted. Without that proof (a host that is not root, or
     records that may have been dropped) the filter may have acted, so
     the death counts as a violation, and the policy_violation event's
-    unknown_reason says why the record is missing.
+    unknown_reason gives the reason the record is missing.
     """
     if seccomp_ruled_out:
         return PluginCrashed(

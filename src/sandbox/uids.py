@@ -305,8 +305,8 @@ def _run_kill_helper(uid: int) -> int:
 # /var/lib keeps programs' state across reboots, unlike /tmp and /run, and
 # only root may write to it on common Linux distributions.
 DEFAULT_UID_REGISTRY = "/var/lib/sandbox/plugin-uids.json"
-# Names another registry file where the host is not told one, for the
-# command line and for test runs that must not touch the machine's file.
+# Names another registry file when the host is given none: for the command
+# line, and for test runs that must not touch the machine's file.
 REGISTRY_ENVIRONMENT = "SANDBOX_UID_REGISTRY"
 _REGISTRY_VERSION = 1
 _REGISTRY_MODE = 0o600
@@ -330,7 +330,7 @@ def register_plugin_uids(
 ) -> tuple[dict[str, int], dict[int, str]]:
     """Assign uids as assign_plugin_uids() does, keeping them in a file.
 
-    ``registry`` is a JSON file (mode 0600) that holds one table of
+    ``registry`` is a JSON file (mode 0600) that contains one table of
     name -> uid per range. Its folder is created (mode 0700) if missing,
     and it and every folder above it must be owned by root and writable
     by nobody else, except that a sticky folder such as /tmp may lie

@@ -318,7 +318,7 @@ _COMMAND_EVENTS = ("subprocess.Popen", "os.exec", "os.posix_spawn")
 class AccessRecorder:
     """Records what plugin code reaches through Python, for observe mode.
 
-    An audit hook (PEP 578) sees only calls made through Python's audited
+    An audit hook (PEP 578) receives only calls made through Python's audited
     functions. Code that calls libc through ctypes, or a C extension,
     bypasses it, so this is an observer for code under evaluation and
     never a boundary. Paths beneath the folders already on sys.path when
